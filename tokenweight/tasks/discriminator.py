@@ -1,0 +1,82 @@
+"""discriminator: fine-tune the base model on the shuffled sample (plain loss on assistant tokens).
+
+With `reference: control` it also tunes the matched control: the same base, the same sample with
+its true pairing, the same steps, batches and seed. Models are saved as safetensors in `disc/` and
+`control/`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow.parquet as pq
+from prefect import task
+
+from ..config import PipelineConfig
+from ..kernels.finetune_loop import TrainSettings, train_on_targets
+from ..models import BaseModel, load_model, load_tokenizer, save_model
+from ..store import Store, StageWriter, stage_key
+from .common import Progress, input_dir, logger, run_stage
+
+STAGE, VERSION = "discriminator", "1"
+
+
+def discriminator_key(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel) -> str:
+    return stage_key(STAGE, VERSION, cfg.discriminator.model_dump(mode="json"), {"shuffle": shuffled["key"], "base_model": base.key})
+
+
+def models_of(reference: str) -> list[tuple[str, str]]:
+    """(model name, training file) pairs the stage trains."""
+    pairs = [("disc", "shuffled.parquet")]
+    if reference == "control":
+        pairs.append(("control", "matched.parquet"))
+    return pairs
+
+
+def _run(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel, writer: StageWriter):
+    dc = cfg.discriminator
+    data_dir = input_dir(Store(cfg.store), shuffled)
+    tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
+    settings = TrainSettings(dc.epochs, dc.learning_rate, dc.warmup_share, dc.weight_decay, dc.batch_tokens,
+                             dc.train_layers, dc.seed)
+    trained = {}
+    for name, file in models_of(dc.reference):
+        table = pq.read_table(data_dir / file, columns=["input_ids", "loss_mask"])
+        rows, masks = table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist()
+        model = load_model(base.path, cfg.model.trust_remote_code)
+        progress: list[Progress] = []  # made at the first step, when the step count is known
+        started = time.time()
+
+        def on_step(step: int, total: int, loss: float, tokens: int) -> None:
+            if not progress:
+                progress.append(Progress(f"discriminator[{name}]", total, "steps"))
+            progress[0].update(1, loss=f"{loss:.3f}", tokens=tokens)
+
+        losses = train_on_targets(model, rows, masks, settings, tokenizer.pad_token_id, on_step)
+        progress[0].close()
+        save_model(model, tokenizer, writer.dir / name)
+        trained[name] = {
+            "steps": len(losses),
+            "first_loss": round(losses[0], 4),
+            "last_loss": round(losses[-1], 4),
+            "losses": [round(x, 4) for x in losses],
+            "samples": len(rows),
+            "seconds": round(time.time() - started, 1),
+        }
+        logger().info("discriminator[%s]: %d steps, loss %.3f -> %.3f", name, len(losses), losses[0], losses[-1])
+        del model
+    return writer.commit(trained=trained, reference=dc.reference, config=dc.model_dump(mode="json"),
+                         inputs={"shuffle": shuffled["key"], "base_model": base.key})
+
+
+def run_discriminator(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel) -> dict[str, Any]:
+    key = discriminator_key(cfg, shuffled, base)
+    return run_stage(Store(cfg.store), STAGE, key, lambda w: _run(cfg, shuffled, base, w))
+
+
+@task(name="discriminator", cache_key_fn=lambda ctx, p: discriminator_key(p["cfg"], p["shuffled"], p["base"]),
+      persist_result=True)
+def discriminator_task(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel) -> dict[str, Any]:
+    """Fine-tune the discriminator (and the matched control) and save them as safetensors."""
+    return run_discriminator(cfg, shuffled, base)

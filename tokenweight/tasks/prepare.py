@@ -1,0 +1,188 @@
+"""prepare: source rows -> chat template -> tokens with offsets and assistant masks -> split shards.
+
+Bad rows are set aside in `rejects.jsonl` (file, line, id, reason) and counted in the manifest;
+more rejects than `max_reject_share` stops the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from prefect import task
+
+from ..config import BfclSource, FileSource, PipelineConfig, SyntheticSource
+from ..kernels.chat_encode import EncodeError, encode_conversation
+from ..models import BaseModel, load_tokenizer
+from ..samples import Reject, Sample
+from ..store import Store, StageWriter, sha256_file, stage_key
+from .common import Progress, logger, run_stage, write_shard
+
+STAGE, VERSION = "prepare", "1"
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("text", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("offsets", pa.list_(pa.list_(pa.int32()))),
+        ("loss_mask", pa.list_(pa.int8())),
+        ("role_truth", pa.list_(pa.int8())),  # null unless the source knows the token roles
+        ("messages", pa.string()),  # JSON, for the shuffle stage to re-pair
+        ("meta", pa.string()),  # JSON
+    ]
+)
+
+
+class PrepareError(ValueError):
+    """The source cannot be used (too many rejects, a whole-file problem)."""
+
+
+def source_fingerprint(source) -> dict[str, Any]:
+    """What identifies the source's content, so that an edited file re-runs the stage."""
+    if isinstance(source, FileSource):
+        path = Path(source.path)
+        if not path.is_file():
+            raise PrepareError(f"{path}: data file not found")
+        return {"sha256": sha256_file(path)}
+    if isinstance(source, BfclSource):
+        from ..sources.bfcl import category_files
+
+        return {
+            "bfcl_eval": importlib.metadata.version("bfcl-eval"),
+            "files": {str(p.name): sha256_file(p) for c in source.categories for p in category_files(c)},
+        }
+    return {}
+
+
+def prepare_key(cfg: PipelineConfig, base: BaseModel) -> str:
+    extra = source_fingerprint(cfg.prepare.source)
+    return stage_key(STAGE, VERSION, cfg.prepare.model_dump(mode="json"), {"base_model": base.key}, extra)
+
+
+def read_source(source) -> Any:
+    if isinstance(source, FileSource):
+        from ..sources.chat_files import read_chat_file
+
+        return read_chat_file(source.path)
+    if isinstance(source, BfclSource):
+        from ..sources.bfcl import read_bfcl
+
+        return read_bfcl(source.categories, source.limit_per_category)
+    if isinstance(source, SyntheticSource):
+        from ..sources.synthetic import generate_synthetic
+
+        return generate_synthetic(source.n, source.seed)
+    raise TypeError(f"unknown source {source!r}")
+
+
+def split_of(sample_id: str, seed: int, eval_share: float) -> str:
+    """A stable split: a hash of (seed, id), so adding samples never moves existing ones."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "big")
+    return "eval" if h / 2**64 < eval_share else "train"
+
+
+def _origin_of(sample: Sample) -> tuple[str, int]:
+    file, _, line = sample.origin.rpartition(":")
+    return (file, int(line)) if line.isdigit() else (sample.origin, 0)
+
+
+def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
+    pc = cfg.prepare
+    tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
+    rejects: list[Reject] = []
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    truncated = Counter()
+    progress = Progress("prepare", None, "samples")
+    for item in read_source(pc.source):
+        progress.update(1)
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        file, line = _origin_of(item)
+        if item.id in seen:
+            rejects.append(Reject(file, line, item.id, f"duplicate id, first seen at {seen[item.id]}"))
+            continue
+        seen[item.id] = item.origin
+        try:
+            enc = encode_conversation(tokenizer, item.messages, item.reasoning_spans, max_tokens=None)
+        except (EncodeError, ValueError, TypeError) as err:
+            rejects.append(Reject(file, line, item.id, f"chat template: {err}"))
+            continue
+        n = len(enc.input_ids)
+        if n > pc.max_tokens:
+            if pc.truncation == "reject":
+                rejects.append(Reject(file, line, item.id, f"over-long: {n} tokens > max_tokens {pc.max_tokens}"))
+                continue
+            enc = encode_conversation(tokenizer, item.messages, item.reasoning_spans, max_tokens=pc.max_tokens)
+            if not any(enc.loss_mask):
+                rejects.append(
+                    Reject(file, line, item.id, f"over-long: {n} tokens, no assistant token within max_tokens {pc.max_tokens}")
+                )
+                continue
+            truncated["samples"] += 1
+            truncated["tokens"] += enc.truncated_tokens
+        rows.append(
+            {
+                "id": item.id,
+                "split": split_of(item.id, pc.split_seed, pc.eval_share),
+                "text": enc.text,
+                "input_ids": enc.input_ids,
+                "offsets": [list(o) for o in enc.offsets],
+                "loss_mask": enc.loss_mask,
+                "role_truth": enc.role_truth,
+                "messages": json.dumps(item.messages, ensure_ascii=False),
+                "meta": json.dumps(item.meta, ensure_ascii=False, default=str),
+            }
+        )
+    seconds = progress.close()
+    read = len(rows) + len(rejects)
+    if read == 0:
+        raise PrepareError(f"source {pc.source.kind}: no rows to read")
+    if len(rejects) / read > pc.max_reject_share:
+        reasons = Counter(r.reason.split(":")[0] for r in rejects).most_common(3)
+        raise PrepareError(
+            f"{len(rejects)} of {read} rows rejected (more than max_reject_share={pc.max_reject_share}); "
+            f"most common: {reasons}; first: {rejects[0].file}:{rejects[0].line}: {rejects[0].reason}"
+        )
+    with open(writer.dir / "rejects.jsonl", "w", encoding="utf-8") as f:
+        for r in rejects:
+            f.write(json.dumps({"file": r.file, "line": r.line, "id": r.id, "reason": r.reason}, ensure_ascii=False) + "\n")
+    for i in range(0, max(len(rows), 1), pc.shard_rows):
+        write_shard(writer.dir, i // pc.shard_rows, pa.Table.from_pylist(rows[i : i + pc.shard_rows], schema=SCHEMA))
+    splits = Counter(r["split"] for r in rows)
+    counts = {
+        "rows_read": read,
+        "accepted": len(rows),
+        "rejected": len(rejects),
+        "reject_reasons": dict(Counter(r.reason.split(":")[0] for r in rejects)),
+        "truncated_samples": truncated["samples"],
+        "truncated_tokens": truncated["tokens"],
+        "train": splits["train"],
+        "eval": splits["eval"],
+        "tokens": sum(len(r["input_ids"]) for r in rows),
+        "target_tokens": sum(sum(r["loss_mask"]) for r in rows),
+        "roles_known": sum(r["role_truth"] is not None for r in rows),
+    }
+    logger().info("prepare: %s in %.1fs", counts, seconds)
+    if rejects:
+        logger().warning("prepare: %d rows set aside, see %s/rejects.jsonl", len(rejects), writer.uri)
+    return writer.commit(counts=counts, config=cfg.prepare.model_dump(mode="json"), inputs={"base_model": base.key})
+
+
+def run_prepare(cfg: PipelineConfig, base: BaseModel) -> dict[str, Any]:
+    store = Store(cfg.store)
+    return run_stage(store, STAGE, prepare_key(cfg, base), lambda w: _run(cfg, base, w))
+
+
+@task(name="prepare", cache_key_fn=lambda ctx, p: prepare_key(p["cfg"], p["base"]), persist_result=True)
+def prepare_task(cfg: PipelineConfig, base: BaseModel) -> dict[str, Any]:
+    """Tokenize and mask the source, split it, write Parquet shards."""
+    return run_prepare(cfg, base)

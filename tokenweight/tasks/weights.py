@@ -1,0 +1,160 @@
+"""weights: LD, token classes and the `weight` column: the weighted dataset of DESIGN.md.
+
+One shard per prepared shard with exactly the contract's columns, plus `summary.json`: counts and
+shares per class, mean LD per class, the most frequent tokens per class and, when the source knew
+the token roles, the accuracy of the classes against them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from prefect import task
+
+from .. import __version__
+from ..config import PipelineConfig
+from ..kernels.token_weights import sample_weights, token_classes
+from ..models import BaseModel, load_tokenizer
+from ..store import Store, StageWriter, stage_key
+from .common import input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths, write_shard
+
+STAGE, VERSION = "weights", "1"
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("text", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("offsets", pa.list_(pa.list_(pa.int32()))),
+        ("loss_mask", pa.list_(pa.int8())),
+        ("loss_base", pa.list_(pa.float32())),
+        ("loss_disc", pa.list_(pa.float32())),
+        ("loss_ref", pa.list_(pa.float32())),
+        ("token_class", pa.list_(pa.int8())),
+        ("weight", pa.list_(pa.float32())),
+    ]
+)
+
+
+def weights_key(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], disc: dict[str, Any]) -> str:
+    inputs = {"score": scored["key"], "prepare": prepared["key"], "discriminator": disc["key"]}
+    return stage_key(STAGE, VERSION, cfg.weights.model_dump(mode="json"), inputs)
+
+
+class _Tally:
+    """Running counts for summary.json."""
+
+    def __init__(self) -> None:
+        self.samples = Counter()
+        self.tokens = Counter()
+        self.ld_sum = Counter()
+        self.freq = {0: Counter(), 1: Counter()}
+        self.confusion = Counter()  # (truth, predicted) over target tokens with known roles
+
+    def add(self, split: str, ids: np.ndarray, classes: np.ndarray, ld: np.ndarray, truth) -> None:
+        self.samples[split] += 1
+        for c in (0, 1):
+            sel = classes == c
+            self.tokens[c] += int(sel.sum())
+            self.ld_sum[c] += float(ld[sel].sum())
+            self.freq[c].update(ids[sel].tolist())
+        if truth is not None:
+            truth = np.asarray(truth)
+            sel = truth >= 0
+            self.confusion.update(zip(truth[sel].tolist(), classes[sel].tolist()))
+
+    def summary(self, tokenizer, top: int) -> dict[str, Any]:
+        n_b, n_r = self.tokens[0], self.tokens[1]
+        out: dict[str, Any] = {
+            "samples": dict(self.samples),
+            "target_tokens": {"boilerplate": n_b, "reasoning": n_r},
+            "boilerplate_share": round(n_b / max(1, n_b + n_r), 4),
+            "mean_ld": {"boilerplate": round(self.ld_sum[0] / max(1, n_b), 4),
+                        "reasoning": round(self.ld_sum[1] / max(1, n_r), 4)},
+            "top_tokens": {
+                name: [{"token": tokenizer.decode([t]), "id": t, "count": n} for t, n in self.freq[c].most_common(top)]
+                for c, name in ((0, "boilerplate"), (1, "reasoning"))
+            },
+        }
+        if self.confusion:
+            out["roles"] = role_scores(self.confusion)
+        return out
+
+
+def role_scores(confusion: Counter) -> dict[str, float]:
+    """Accuracy and reasoning-class precision/recall/F1 of the classes against known roles."""
+    tp, fp = confusion[(1, 1)], confusion[(0, 1)]
+    fn, tn = confusion[(1, 0)], confusion[(0, 0)]
+    precision = tp / max(1, tp + fp)
+    recall = tp / max(1, tp + fn)
+    return {
+        "tokens": tp + fp + fn + tn,
+        "accuracy": round((tp + tn) / max(1, tp + fp + fn + tn), 4),
+        "reasoning_precision": round(precision, 4),
+        "reasoning_recall": round(recall, 4),
+        "reasoning_f1": round(2 * precision * recall / max(1e-12, precision + recall), 4),
+    }
+
+
+def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], disc: dict[str, Any],
+         base: BaseModel, writer: StageWriter):
+    wc = cfg.weights
+    store = Store(cfg.store)
+    prep_dir, score_dir = input_dir(store, prepared), input_dir(store, scored)
+    reference = read_manifest(input_dir(store, disc))["reference"]
+    tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
+    metadata = {
+        "tokenweight.version": __version__,
+        "tokenweight.method": wc.method,
+        "tokenweight.params": json.dumps(wc.model_dump(mode="json"), sort_keys=True),
+        "tokenweight.reference": reference,
+        "tokenweight.base_model": base.name,
+        "tokenweight.tokenizer": base.path,
+        "tokenweight.discriminator_key": disc["key"],
+    }
+    tally = _Tally()
+    prep_shards = list(iter_shards(prep_dir))
+    if len(prep_shards) != len(shard_paths(score_dir)):
+        raise ValueError(f"{prep_dir} and {score_dir} have different shard counts")
+    for index, ((_, prep), (_, score)) in enumerate(zip(prep_shards, iter_shards(score_dir))):
+        rows = []
+        for p, s in zip(prep.to_pylist(), score.to_pylist()):
+            if p["id"] != s["id"]:
+                raise ValueError(f"shard {index}: prepared row {p['id']!r} scored as {s['id']!r}")
+            mask = np.asarray(p["loss_mask"], dtype=np.int8)
+            loss_base = np.asarray(s["loss_base"], dtype=np.float32)
+            loss_disc = np.asarray(s["loss_disc"], dtype=np.float32)
+            loss_ref = np.asarray(s["loss_control"], dtype=np.float32) if reference == "control" else loss_base
+            classes = token_classes(loss_disc, loss_ref, mask, wc.margin)
+            weight = sample_weights(wc.method, loss_base, classes, mask, wc.tau)
+            tally.add(p["split"], np.asarray(p["input_ids"]), classes, loss_disc - loss_ref, p["role_truth"])
+            rows.append({k: p[k] for k in ("id", "split", "text", "input_ids", "offsets", "loss_mask")}
+                        | {"loss_base": loss_base, "loss_disc": loss_disc, "loss_ref": loss_ref,
+                           "token_class": classes, "weight": weight})
+        write_shard(writer.dir, index, pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
+    summary = {"method": wc.method, "reference": reference, "margin": wc.margin,
+               **tally.summary(tokenizer, wc.top_tokens)}
+    (writer.dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    logger().info("weights: %s", {k: summary[k] for k in ("samples", "target_tokens", "boilerplate_share")})
+    inputs = {"score": scored["key"], "prepare": prepared["key"], "discriminator": disc["key"]}
+    return writer.commit(counts={"samples": sum(tally.samples.values()), **summary["target_tokens"]},
+                         config=wc.model_dump(mode="json"), inputs=inputs)
+
+
+def run_weights(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], disc: dict[str, Any],
+                base: BaseModel) -> dict[str, Any]:
+    key = weights_key(cfg, scored, prepared, disc)
+    return run_stage(Store(cfg.store), STAGE, key, lambda w: _run(cfg, scored, prepared, disc, base, w))
+
+
+@task(name="weights", cache_key_fn=lambda ctx, p: weights_key(p["cfg"], p["scored"], p["prepared"], p["disc"]),
+      persist_result=True)
+def weights_task(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], disc: dict[str, Any],
+                 base: BaseModel) -> dict[str, Any]:
+    """Token classes and per-token weights: the weighted dataset and its summary."""
+    return run_weights(cfg, scored, prepared, disc, base)
