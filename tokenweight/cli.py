@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from .config import STAGES, ConfigError, FileSource, apply_overrides, parse_config, read_config_file
+from .models import check_model_name
+from .store import Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         cfg = build_config(args)
+        # What the user can fix is checked before Prefect starts (and would log a traceback).
+        check_model_name(cfg.model)
+        Store(cfg.store).check_writable()
         from .flows.pipeline import pipeline
 
         started = time.time()

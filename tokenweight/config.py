@@ -108,6 +108,13 @@ class ScoreConfig(_Strict):
     """Per-token cross-entropy of every target token under the base, discriminator (and control)."""
 
     batch_tokens: int = Field(4096, ge=16, description="Padded tokens per forward batch.")
+    disc_context: Literal["foreign", "own"] = Field(
+        "foreign",
+        description="The input the discriminator is scored in: `own` (each sample as it is, as in the "
+        "paper) or `foreign` (each sample's assistant turns in another sample's input, the pairing it "
+        "was trained on), where a value copied from the input cannot be copied after its first token.",
+    )
+    seed: int = Field(0, description="Seed of the foreign pairing.")
     chunk_rows: int = Field(1024, ge=1, description="Target positions per chunk of the LM head + CE.")
 
 
@@ -119,7 +126,13 @@ class WeightsConfig(_Strict):
         description="`rft`: w_b/n_b on boilerplate, w_r/n_r on reasoning, (w_b, w_r) = "
         "softmax([L_b, L_r]/tau) at the base model's losses; `uniform`: 1/n on every target token.",
     )
-    margin: float = Field(0.2, description="Reasoning exactly where loss_disc - loss_ref > margin (nats).")
+    margin: float = Field(0.2, description="Reasoning where LD = loss_disc - loss_ref > margin (nats).")
+    granularity: Literal["word", "token"] = Field(
+        "word",
+        description="`token`: each token by its own LD; `word`: every token of a word (a run of letters, "
+        "digits and _-.@/: with no space or quote between) by the largest LD in it, so a value's later "
+        "pieces follow its first.",
+    )
     tau: float = Field(3.0, gt=0, description="RFT temperature (the paper: 1/tau in 0.2..0.5).")
     top_tokens: int = Field(20, ge=1, description="How many frequent tokens per class summary.json lists.")
 

@@ -68,14 +68,11 @@ def _dir_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_base_model(cfg: ModelConfig, store: Store) -> BaseModel:
-    """Find the base model, converting the built-in GGUF into the store on first use."""
+def check_model_name(cfg: ModelConfig) -> None:
+    """Fail early, before any work, on a model that cannot be found."""
     if cfg.name == BUILTIN_SMOLLM2:
-        gguf = _gguf_path()
-        key = stage_key("base_model", CONVERT_VERSION, {"gguf": gguf.name, "bytes": gguf.stat().st_size}, {})
-        if store.manifest("base_model", key) is None:
-            _convert_gguf(gguf, store, key)
-        return BaseModel(str(store.local_dir("base_model", key)), key, cfg.name)
+        _gguf_path()
+        return
     path = Path(cfg.name).expanduser()
     if not path.is_dir():
         raise ModelError(
@@ -84,6 +81,18 @@ def resolve_base_model(cfg: ModelConfig, store: Store) -> BaseModel:
         )
     if not (path / "config.json").is_file():
         raise ModelError(f"model directory {path} has no config.json")
+
+
+def resolve_base_model(cfg: ModelConfig, store: Store) -> BaseModel:
+    """Find the base model, converting the built-in GGUF into the store on first use."""
+    if cfg.name == BUILTIN_SMOLLM2:
+        gguf = _gguf_path()
+        key = stage_key("base_model", CONVERT_VERSION, {"gguf": gguf.name, "bytes": gguf.stat().st_size}, {})
+        if store.manifest("base_model", key) is None:
+            _convert_gguf(gguf, store, key)
+        return BaseModel(str(store.local_dir("base_model", key)), key, cfg.name)
+    check_model_name(cfg)
+    path = Path(cfg.name).expanduser()
     return BaseModel(str(path.resolve()), _dir_fingerprint(path), cfg.name)
 
 

@@ -2,6 +2,8 @@
 
 Used for the discriminator and its matched control: both take the same batches in the same
 order with the same seed, so the only difference between them is the pairing of their data.
+With `train_layers`, the frozen bottom blocks run once per sample (not once per epoch) and only
+the top blocks see gradients.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from .batching import length_batches, pad_batch
-from .token_loss import decoder_and_head, target_token_losses
+from .token_loss import decoder_and_head, losses_from_hidden, target_token_losses
+from .trunk_split import TrunkSplit, check_split
+
+# Bottom-block states are kept for all epochs when they fit in this many bytes, else recomputed.
+BOTTOM_CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,30 @@ def freeze_below(model, train_layers: int | None) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@torch.no_grad()
+def _bottom_states(split: TrunkSplit, rows, masks, batch_tokens: int, pad_id: int) -> list[torch.Tensor] | None:
+    """The frozen bottom's hidden states of every row (unpadded), or None if they would not fit."""
+    hidden_size = split.head.weight.shape[1]
+    if sum(len(r) for r in rows) * hidden_size * 4 > BOTTOM_CACHE_BYTES:
+        return None
+    states: list[torch.Tensor | None] = [None] * len(rows)
+    for n, batch in enumerate(length_batches([len(r) for r in rows], batch_tokens)):
+        ids, attn, _ = pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id)
+        if n == 0:
+            check_split(split, ids, attn)
+        hidden = split.bottom(ids, attn)
+        for b, i in enumerate(batch):
+            states[i] = hidden[b, : len(rows[i])].clone()
+    return states
+
+
+def _pad_states(states: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = states[0].new_zeros((len(states), width, states[0].shape[-1]))
+    for b, h in enumerate(states):
+        out[b, : h.shape[0]] = h
+    return out
+
+
 def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -76,20 +106,30 @@ def train_on_targets(
         epoch = list(batches)
         rng.shuffle(epoch)
         order.extend(epoch)
+    split = TrunkSplit(model, settings.train_layers) if settings.train_layers else None
+    bottom_cache = _bottom_states(split, rows, masks, settings.batch_tokens, pad_id) if split else None
     model.train()
     losses = []
     for step, batch in enumerate(order[:total]):
         for group in optim.param_groups:
             group["lr"] = _lr_at(step, total, warmup, settings.learning_rate)
         ids, attn, loss_mask = pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id)
-        token_losses = target_token_losses(model, ids, attn, loss_mask, settings.chunk_rows)
+        if split is None:
+            token_losses = target_token_losses(model, ids, attn, loss_mask, settings.chunk_rows)
+        else:
+            if bottom_cache is not None:
+                hidden = _pad_states([bottom_cache[i] for i in batch], ids.shape[1])
+            else:
+                with torch.no_grad():
+                    hidden = split.bottom(ids, attn)
+            token_losses = losses_from_hidden(split.top(hidden, attn), split.head, ids, loss_mask, settings.chunk_rows)
         n_targets = int(loss_mask[:, 1:].sum())
         loss = token_losses.sum() / max(1, n_targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if on_step is not None:
             on_step(step, total, losses[-1], int(attn.sum()))
     model.eval()

@@ -29,19 +29,26 @@ def decoder_and_head(model):
     return trunk, head
 
 
-def target_token_losses(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, chunk_rows: int = 1024
+def losses_from_hidden(
+    hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk_rows: int = 1024
 ) -> torch.Tensor:
-    """Loss of each target token: (B, T) with token t's loss of predicting input_ids[t] from
-    input_ids[:t] where loss_mask[t] is 1, else 0. Aligned to tokens, not shifted."""
-    trunk, head = decoder_and_head(model)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    """(B, T) per-token losses from final hidden states (B, T, H): token t's loss of predicting
+    input_ids[t] from input_ids[:t] where loss_mask[t] is 1, else 0. Aligned to tokens, not shifted."""
     # Position t-1 predicts token t; token 0 has no context and is never a target.
     predict = loss_mask[:, 1:].bool()  # (B, T-1)
     losses = chunked_token_ce(hidden[:, :-1][predict], head, input_ids[:, 1:][predict], chunk_rows)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, 1:][predict] = losses
     return out
+
+
+def target_token_losses(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, chunk_rows: int = 1024
+) -> torch.Tensor:
+    """Per-token losses (B, T) of a causal LM on a right-padded batch (see losses_from_hidden)."""
+    trunk, head = decoder_and_head(model)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B, T, H)
+    return losses_from_hidden(hidden, head, input_ids, loss_mask, chunk_rows)
 
 
 def reference_token_losses(model, input_ids, attention_mask, loss_mask) -> torch.Tensor:

@@ -1,18 +1,74 @@
 """From per-token losses to token classes and per-token weights (pure numpy, one sample at a time).
 
 Classes: -1 not trained, 0 boilerplate, 1 reasoning, reasoning exactly where
-`loss_disc - loss_ref > margin`. Weights are 0 off target tokens.
+`loss_disc - loss_ref > margin`, token by token or, with word granularity, where the largest LD
+in the token's word is above the margin. Weights are 0 off target tokens.
+
+Why words: once the first piece of a value is out (`Nair` of `Nairobi`, `2` of `2024-05-01`) its
+other pieces are predictable to any model, with or without the input, so token-level LD marks
+only the piece that carries the decision. The decision belongs to the whole value.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+
 METHODS = ("rft", "uniform")
+GRANULARITIES = ("word", "token")
+# Characters that make up a word, values included: identifiers, numbers, dates, times, e-mails,
+# paths. Quotes, brackets, `=`, `,` and spaces end a word; so does a connector at a word's end.
+_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@/:")
+_CONNECTORS = frozenset(".:-/@")
 
 
-def token_classes(loss_disc: np.ndarray, loss_ref: np.ndarray, loss_mask: np.ndarray, margin: float) -> np.ndarray:
+def word_groups(text: str, offsets, loss_mask) -> np.ndarray:
+    """A word index for each target token (-1 elsewhere): a token continues the previous token's
+    word when both are targets and the characters either side of their boundary are word
+    characters (any letter or digit counts, so non-ASCII words join too)."""
+    groups = np.full(len(loss_mask), -1, dtype=np.int64)
+    word, prev = -1, False
+    for t, ((a, b), m) in enumerate(zip(offsets, loss_mask)):
+        if not m or b <= a:
+            prev = False
+            continue
+        joins = prev and a > 0 and _is_word(text[a]) and _is_word(text[a - 1])
+        if not joins:
+            word += 1
+        groups[t] = word
+        prev = True
+    # A connector-only token that ends its word ("directions." / "at 5:") is punctuation.
+    for t in range(len(groups)):
+        a, b = offsets[t]
+        if groups[t] >= 0 and t and groups[t - 1] == groups[t] and set(text[a:b]) <= _CONNECTORS:
+            if t + 1 == len(groups) or groups[t + 1] != groups[t]:
+                word += 1
+                groups[t] = word
+    return groups
+
+
+def _is_word(ch: str) -> bool:
+    return ch in _WORD or ch.isalnum()
+
+
+def group_max(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each grouped position gets the largest value of its group; -1 positions keep theirs."""
+    out = np.array(values, dtype=np.float32, copy=True)
+    sel = groups >= 0
+    if sel.any():
+        best = np.full(int(groups[sel].max()) + 1, -np.inf, dtype=np.float32)
+        np.maximum.at(best, groups[sel], out[sel])
+        out[sel] = best[groups[sel]]
+    return out
+
+
+def token_classes(
+    loss_disc: np.ndarray, loss_ref: np.ndarray, loss_mask: np.ndarray, margin: float, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """-1 off target, 1 where LD (or, given word groups, its word's largest LD) > margin, else 0."""
     ld = loss_disc - loss_ref
+    if groups is not None:
+        ld = group_max(ld, groups)
     classes = np.where(ld > margin, 1, 0).astype(np.int8)
     classes[loss_mask == 0] = -1
     return classes

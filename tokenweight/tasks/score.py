@@ -1,12 +1,15 @@
 """score: per-token cross-entropy of every target token of both splits under each model.
 
 Streams over the prepared shards (one in memory at a time), batches rows by length, runs each
-batch through the base model, the discriminator and (when it is the reference) the control, and
-writes one score shard per prepared shard, rows in the same order.
+batch through the base model and (when it is the reference) the control, and the discriminator
+in the context `disc_context` says (kernels/foreign_context.py), and writes one score shard per
+prepared shard, rows in the same order.
 """
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from typing import Any
 
@@ -15,6 +18,7 @@ import torch
 from prefect import task
 
 from ..config import PipelineConfig
+from ..kernels.foreign_context import foreign_rows, move_targets
 from ..kernels.score_tokens import score_rows
 from ..models import BaseModel, load_model, load_tokenizer
 from ..store import Store, StageWriter, stage_key
@@ -42,17 +46,29 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
     prep_dir, disc_dir = input_dir(store, prepared), input_dir(store, disc)
     tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
     models = {"base": load_model(base.path, cfg.model.trust_remote_code)}
-    for name in read_manifest(disc_dir)["trained"]:
+    disc_manifest = read_manifest(disc_dir)
+    for name in disc_manifest["trained"]:
         models[name] = load_model(str(disc_dir / name), cfg.model.trust_remote_code)
-    for model in models.values():
-        model.eval()
-    total = read_manifest(prep_dir)["counts"]["tokens"]
+    sc, shared = cfg.score, disc_manifest["config"]["train_layers"]
+    foreign = sc.disc_context == "foreign"
+    # In its own context the discriminator reads the same batches as the others; in a foreign one,
+    # its own rows (so the progress counts the prepared tokens twice).
+    in_context = {name: m for name, m in models.items() if not (foreign and name == "disc")}
+    total = read_manifest(prep_dir)["counts"]["tokens"] * (2 if foreign else 1)
     progress = Progress("score", total, "tokens")
-    started = time.time()
-    for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "input_ids", "loss_mask"])):
+    own_input = 0
+    for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "input_ids", "loss_mask", "messages"])):
         rows, masks = table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist()
-        scores = score_rows(models, rows, masks, tokenizer.pad_token_id, cfg.score.batch_tokens,
-                            cfg.score.chunk_rows, on_batch=lambda n: progress.update(n))
+        scores = score_rows(in_context, rows, masks, tokenizer.pad_token_id, sc.batch_tokens, sc.chunk_rows, shared,
+                            on_batch=progress.update)
+        if foreign:
+            messages = [json.loads(m) for m in table.column("messages").to_pylist()]
+            other = foreign_rows(tokenizer, messages, rows, masks, random.Random(f"{sc.seed}:{index}"),
+                                 cfg.prepare.max_tokens)
+            own_input += other.own_input
+            disc_losses = score_rows({"disc": models["disc"]}, other.rows, other.masks, tokenizer.pad_token_id,
+                              sc.batch_tokens, sc.chunk_rows, on_batch=progress.update)["disc"]
+            scores["disc"] = [move_targets(d, fm, m) for d, fm, m in zip(disc_losses, other.masks, masks)]
         out = pa.table(
             {
                 "id": table.column("id"),
@@ -64,9 +80,10 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
         )
         write_shard(writer.dir, index, out)
     seconds = progress.close()
-    counts = {"tokens": total, "models": list(models), "tokens_per_s": round(total / max(seconds, 1e-9), 1),
-              "threads": torch.get_num_threads()}
-    logger().info("score: %d tokens under %d models in %.1fs", total, len(models), time.time() - started)
+    counts = {"tokens": read_manifest(prep_dir)["counts"]["tokens"], "models": list(models),
+              "disc_context": sc.disc_context, "disc_own_input": own_input,
+              "tokens_per_s": round(total / max(seconds, 1e-9), 1), "threads": torch.get_num_threads()}
+    logger().info("score: %s in %.1fs", counts, seconds)
     inputs = {"prepare": prepared["key"], "discriminator": disc["key"], "base_model": base.key}
     return writer.commit(counts=counts, config=cfg.score.model_dump(mode="json"), inputs=inputs)
 

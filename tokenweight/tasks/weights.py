@@ -17,7 +17,7 @@ from prefect import task
 
 from .. import __version__
 from ..config import PipelineConfig
-from ..kernels.token_weights import sample_weights, token_classes
+from ..kernels.token_weights import sample_weights, token_classes, word_groups
 from ..models import BaseModel, load_tokenizer
 from ..store import Store, StageWriter, stage_key
 from .common import input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths, write_shard
@@ -130,14 +130,15 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
             loss_base = np.asarray(s["loss_base"], dtype=np.float32)
             loss_disc = np.asarray(s["loss_disc"], dtype=np.float32)
             loss_ref = np.asarray(s["loss_control"], dtype=np.float32) if reference == "control" else loss_base
-            classes = token_classes(loss_disc, loss_ref, mask, wc.margin)
+            groups = word_groups(p["text"], p["offsets"], mask) if wc.granularity == "word" else None
+            classes = token_classes(loss_disc, loss_ref, mask, wc.margin, groups)
             weight = sample_weights(wc.method, loss_base, classes, mask, wc.tau)
             tally.add(p["split"], np.asarray(p["input_ids"]), classes, loss_disc - loss_ref, p["role_truth"])
             rows.append({k: p[k] for k in ("id", "split", "text", "input_ids", "offsets", "loss_mask")}
                         | {"loss_base": loss_base, "loss_disc": loss_disc, "loss_ref": loss_ref,
                            "token_class": classes, "weight": weight})
         write_shard(writer.dir, index, pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
-    summary = {"method": wc.method, "reference": reference, "margin": wc.margin,
+    summary = {"method": wc.method, "reference": reference, "margin": wc.margin, "granularity": wc.granularity,
                **tally.summary(tokenizer, wc.top_tokens)}
     (writer.dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     logger().info("weights: %s", {k: summary[k] for k in ("samples", "target_tokens", "boilerplate_share")})

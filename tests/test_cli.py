@@ -1,0 +1,120 @@
+"""tokenweight.cli.main: one clear line for errors the user can fix, and a real small run."""
+
+import re
+
+import pytest
+import yaml
+
+from tokenweight.cli import main
+from tokenweight.config import STAGES
+
+
+def write_config(path, model_dir, store, **extra):
+    data = {
+        "store": str(store),
+        "model": {"name": str(model_dir)},
+        "prepare": {"source": {"kind": "synthetic", "n": 16, "seed": 2}, "max_tokens": 512},
+        "shuffle": {"floor": 8},
+        "discriminator": {"epochs": 1, "batch_tokens": 512, "train_layers": 2},
+        "score": {"batch_tokens": 1024, "chunk_rows": 64},
+        "weights": {"margin": 0.1},
+    }
+    data.update(extra)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def error_lines(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tokenweight: error:")]
+    return err, lines
+
+
+def test_unknown_config_key_exits_2_with_one_line(tmp_path, capsys, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store")
+    text = open(cfg).read().replace("epochs: 1", "learnin_rate: 0.1\n  epochs: 1")
+    open(cfg, "w").write(text)
+    assert main(["run", cfg]) == 2
+    err, lines = error_lines(capsys)
+    assert len(lines) == 1 and "discriminator.learnin_rate: unknown key" in lines[0] and cfg in lines[0]
+    assert "Traceback" not in err
+
+
+def test_unknown_override_key_exits_2(tmp_path, capsys, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store")
+    assert main(["run", cfg, "--set", "weights.marginn=0.3"]) == 2
+    err, lines = error_lines(capsys)
+    assert len(lines) == 1 and "weights.marginn: unknown key" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "none.yaml")]) == 2
+    err, lines = error_lines(capsys)
+    assert len(lines) == 1 and "none.yaml: config file not found" in lines[0]
+
+
+def test_missing_data_file_exits_2(tmp_path, capsys, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store")
+    missing = tmp_path / "nope.jsonl"
+    assert main(["run", cfg, "--data", str(missing)]) == 2
+    err, lines = error_lines(capsys)
+    assert len(lines) == 1 and f"--data {missing}: file not found" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_model_path_exits_2_naming_it(tmp_path, prefect_harness, prefect_capfd):
+    missing = tmp_path / "no-such-model"
+    cfg = write_config(tmp_path / "c.yaml", missing, tmp_path / "store")
+    assert main(["run", cfg]) == 2
+    err, lines = error_lines(prefect_capfd)
+    assert len(lines) == 1 and str(missing) in lines[0] and "ModelError" in lines[0], err
+
+
+def test_missing_model_path_prints_no_traceback(tmp_path, prefect_harness, prefect_capfd):
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "no-such-model", tmp_path / "store")
+    assert main(["run", cfg]) == 2
+    err, _ = error_lines(prefect_capfd)
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_exception(tmp_path):
+    with pytest.raises(Exception, match="config file not found"):
+        main(["run", str(tmp_path / "none.yaml"), "--debug"])
+
+
+def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):
+    store = tmp_path / "store"
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, store)
+    code = main(["run", cfg])
+    captured = prefect_capfd.readouterr()
+    assert code == 0, captured.err[-1200:]
+    out = captured.out
+    assert re.search(r"tokenweight: 5 stages in [0-9.]+s", out), out
+    for stage in STAGES:
+        line = next((l for l in out.splitlines() if l.strip().startswith(stage + " ")), None)
+        assert line is not None, f"{stage} missing from report:\n{out}"
+        assert " ran " in line and f"{store}/{stage}/" in line
+    assert "samples:" in out and "weight shards:" in out and "against known roles" in out
+    assert "every stage came from the cache" not in out
+
+    assert main(["run", cfg]) == 0
+    out = prefect_capfd.readouterr().out
+    for stage in STAGES:
+        line = next(l for l in out.splitlines() if l.strip().startswith(stage + " "))
+        assert " cached " in line
+    assert "nothing to do: every stage came from the cache" in out
+
+
+def test_until_and_data_options(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):
+    from conftest import chat_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store")
+    other_store = tmp_path / "elsewhere"
+    assert main(["run", cfg, "--data", data, "--until", "shuffle", "--store", str(other_store)]) == 0
+    out = prefect_capfd.readouterr().out
+    assert "tokenweight: 2 stages" in out
+    assert f"{other_store}/prepare/" in out and f"{other_store}/shuffle/" in out
+    assert "discriminator" not in out
+    assert not (tmp_path / "store").exists()

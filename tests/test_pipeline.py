@@ -1,0 +1,272 @@
+"""The flow end to end on the tiny model under a real (throwaway) Prefect: the weighted dataset's
+contract, the summary, caching and invalidation."""
+
+import glob
+import hashlib
+import json
+import os
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import chat_rows, pipeline_config, write_jsonl
+from tokenweight.config import STAGES
+from tokenweight.kernels.token_weights import group_max, word_groups
+
+# The weighted dataset's columns, exactly as DESIGN.md lists them.
+DESIGN_COLUMNS = [
+    ("id", pa.string()),
+    ("split", pa.string()),
+    ("text", pa.string()),
+    ("input_ids", pa.list_(pa.int32())),
+    ("offsets", pa.list_(pa.list_(pa.int32()))),
+    ("loss_mask", pa.list_(pa.int8())),
+    ("loss_base", pa.list_(pa.float32())),
+    ("loss_disc", pa.list_(pa.float32())),
+    ("loss_ref", pa.list_(pa.float32())),
+    ("token_class", pa.list_(pa.int8())),
+    ("weight", pa.list_(pa.float32())),
+]
+LIST_COLUMNS = [name for name, _ in DESIGN_COLUMNS[3:]]
+
+
+def run(cfg):
+    from tokenweight.flows.pipeline import pipeline
+
+    return pipeline(cfg)
+
+
+def tree_digest(store):
+    """sha256 of every file under the store's stage directories (Prefect's own records excluded)."""
+    out = {}
+    for stage in ("base_model", *STAGES):
+        for path in sorted(glob.glob(f"{store}/{stage}/**/*", recursive=True)):
+            if os.path.isfile(path):
+                out[os.path.relpath(path, store)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def shards(weights_uri):
+    return sorted(glob.glob(f"{weights_uri}/part-*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(prefect_harness, tiny_model_dir, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store-synthetic")
+    cfg = pipeline_config(tiny_model_dir, store)
+    records = run(cfg)
+    return cfg, store, records, tree_digest(store)
+
+
+@pytest.fixture(scope="module")
+def jsonl_run(prefect_harness, tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("store-jsonl")
+    path = write_jsonl(tmp / "chat.jsonl", chat_rows(18))
+    cfg = pipeline_config(tiny_model_dir, tmp / "store", {"kind": "file", "path": path},
+                          discriminator={"reference": "base", "train_layers": None},
+                          weights={"method": "uniform"})
+    return cfg, run(cfg)
+
+
+def check_weighted_dataset(records, method, reference):
+    uri = records["weights"]["uri"]
+    paths = shards(uri)
+    assert paths, f"no weight shards in {uri}"
+    table = pa.concat_tables([pq.read_table(p) for p in paths])
+    expected = pa.schema(DESIGN_COLUMNS)
+    assert table.schema.remove_metadata().equals(expected), table.schema
+    assert [f.name for f in table.schema] == [name for name, _ in DESIGN_COLUMNS]
+    meta = {k.decode(): v.decode() for k, v in pq.read_schema(paths[0]).metadata.items()}
+    assert meta["tokenweight.method"] == method
+    assert meta["tokenweight.reference"] == reference
+    assert meta["tokenweight.discriminator_key"] == records["discriminator"]["key"]
+    assert json.loads(meta["tokenweight.params"])["method"] == method
+    assert {"tokenweight.version", "tokenweight.base_model", "tokenweight.tokenizer"} <= set(meta)
+    rows = table.to_pylist()
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        n = len(r["input_ids"])
+        assert all(len(r[c]) == n for c in LIST_COLUMNS), r["id"]
+        assert r["split"] in ("train", "eval")
+        mask = np.asarray(r["loss_mask"])
+        weight = np.asarray(r["weight"], dtype=np.float64)
+        classes = np.asarray(r["token_class"])
+        assert mask[0] == 0 and mask.sum() > 0
+        assert np.all(weight[mask == 0] == 0) and np.all(weight >= 0)
+        assert weight[mask == 1].sum() == pytest.approx(1.0, abs=1e-5)
+        assert np.array_equal(classes == -1, mask == 0)
+        for c in ("loss_base", "loss_disc", "loss_ref"):
+            loss = np.asarray(r[c])
+            assert np.all(loss[mask == 0] == 0) and np.all(np.isfinite(loss))
+            assert np.all(loss[mask == 1] > 0)
+        ld = np.asarray(r["loss_disc"]) - np.asarray(r["loss_ref"])
+        margin = 0.0
+        word_ld = group_max(ld, word_groups(r["text"], r["offsets"], mask))  # granularity: word
+        assert np.array_equal(classes[mask == 1] == 1, word_ld[mask == 1] > margin)
+        for (s, e), tok in zip(r["offsets"], r["input_ids"]):
+            assert 0 <= s <= e <= len(r["text"])
+        if reference == "base":
+            assert r["loss_ref"] == r["loss_base"]
+    return table
+
+
+def test_every_stage_ran_and_wrote_its_output(synthetic_run):
+    cfg, store, records, _ = synthetic_run
+    assert list(records) == list(STAGES)
+    for stage, rec in records.items():
+        assert rec["stage"] == stage and rec["cached"] is False
+        assert rec["uri"] == f"{store}/{stage}/{rec['key']}"
+        assert os.path.isfile(f"{rec['uri']}/_manifest.json")
+        assert not glob.glob(f"{rec['uri']}/.tmp-*")
+    disc = json.load(open(f"{records['discriminator']['uri']}/_manifest.json"))
+    assert set(disc["trained"]) == {"disc", "control"}
+    for name in ("disc", "control"):
+        assert os.path.isfile(f"{records['discriminator']['uri']}/{name}/model.safetensors")
+        assert not glob.glob(f"{records['discriminator']['uri']}/{name}/*.bin")
+
+
+def test_synthetic_weighted_dataset_contract(synthetic_run):
+    _, _, records, _ = synthetic_run
+    table = check_weighted_dataset(records, "rft", "control")
+    prep = json.load(open(f"{records['prepare']['uri']}/_manifest.json"))["counts"]
+    assert table.num_rows == prep["accepted"] == 24
+
+
+def test_rft_weights_follow_the_formula(synthetic_run):
+    cfg, _, records, _ = synthetic_run
+    tau = cfg.weights.tau
+    for path in shards(records["weights"]["uri"]):
+        for r in pq.read_table(path).to_pylist():
+            loss = np.asarray(r["loss_base"], dtype=np.float64)
+            cls = np.asarray(r["token_class"])
+            w = np.asarray(r["weight"], dtype=np.float64)
+            b, rr = cls == 0, cls == 1
+            if b.any() and rr.any():
+                lb, lr = loss[b].mean(), loss[rr].mean()
+                wb, wr = np.exp(np.array([lb, lr]) / tau - max(lb, lr) / tau)
+                wb, wr = wb / (wb + wr), wr / (wb + wr)
+                assert (w * loss).sum() == pytest.approx(wb * lb + wr * lr, rel=1e-4)
+            else:
+                assert np.allclose(w[cls >= 0], 1 / (cls >= 0).sum())
+
+
+def test_losses_match_the_saved_models(synthetic_run, smol_tokenizer):
+    """loss_base / loss_disc / loss_ref equal a plain forward of the models the stages saved."""
+    from tokenweight.kernels.batching import pad_batch
+    from tokenweight.kernels.token_loss import reference_token_losses
+    from tokenweight.models import load_model
+
+    cfg, _, records, _ = synthetic_run
+    disc_dir = records["discriminator"]["uri"]
+    models = {"loss_base": load_model(cfg.model.name), "loss_ref": load_model(f"{disc_dir}/control")}
+    if getattr(cfg.score, "disc_context", "own") == "own":
+        # (scored in a foreign context, loss_disc is by design not the loss of the row as it is)
+        models["loss_disc"] = load_model(f"{disc_dir}/disc")
+    rows = pq.read_table(shards(records["weights"]["uri"])[0]).to_pylist()[:3]
+    for r in rows:
+        ids, attn, mask = pad_batch([r["input_ids"]], [r["loss_mask"]], smol_tokenizer.pad_token_id)
+        for column, model in models.items():
+            with torch.no_grad():
+                ref = reference_token_losses(model, ids, attn, mask)[0].numpy()
+            np.testing.assert_allclose(np.asarray(r[column]), ref, atol=1e-4, rtol=1e-4, err_msg=column)
+
+
+def test_shards_read_with_polars_and_datasets(synthetic_run, tmp_path):
+    _, _, records, _ = synthetic_run
+    uri = records["weights"]["uri"]
+    df = pl.read_parquet(f"{uri}/part-*.parquet")
+    assert df.columns == [name for name, _ in DESIGN_COLUMNS]
+    assert df.height == 24
+    assert df.schema["weight"] == pl.List(pl.Float32) and df.schema["offsets"] == pl.List(pl.List(pl.Int32))
+    sums = df.select(pl.col("weight").list.sum()).to_series().to_list()
+    assert all(abs(s - 1) < 1e-5 for s in sums)
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=shards(uri), split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 24 and ds.column_names == df.columns
+
+
+def test_summary_is_consistent_with_the_shards(synthetic_run):
+    cfg, _, records, _ = synthetic_run
+    uri = records["weights"]["uri"]
+    summary = json.load(open(f"{uri}/summary.json"))
+    assert {"method", "reference", "margin", "samples", "target_tokens", "boilerplate_share",
+            "mean_ld", "top_tokens", "roles"} <= set(summary)
+    assert summary["method"] == "rft" and summary["reference"] == "control" and summary["margin"] == 0.0
+    table = pa.concat_tables([pq.read_table(p) for p in shards(uri)]).to_pylist()
+    cls = np.concatenate([np.asarray(r["token_class"]) for r in table])
+    ld = np.concatenate([np.asarray(r["loss_disc"], np.float64) - np.asarray(r["loss_ref"], np.float64) for r in table])
+    assert summary["target_tokens"] == {"boilerplate": int((cls == 0).sum()), "reasoning": int((cls == 1).sum())}
+    n = {s: sum(r["split"] == s for r in table) for s in ("train", "eval")}
+    assert {k: v for k, v in n.items() if v} == summary["samples"]
+    assert summary["boilerplate_share"] == pytest.approx((cls == 0).sum() / (cls >= 0).sum(), abs=1e-4)
+    for c, name in ((0, "boilerplate"), (1, "reasoning")):
+        if (cls == c).any():
+            assert summary["mean_ld"][name] == pytest.approx(ld[cls == c].mean(), abs=1e-3)
+        counts = [t["count"] for t in summary["top_tokens"][name]]
+        assert counts == sorted(counts, reverse=True) and len(counts) <= cfg.weights.top_tokens
+    roles = summary["roles"]
+    assert roles["tokens"] == (cls >= 0).sum()
+    assert 0 <= roles["accuracy"] <= 1
+    manifest = json.load(open(f"{uri}/_manifest.json"))
+    assert manifest["counts"]["samples"] == len(table)
+
+
+@pytest.mark.xfail(reason="GAP: DESIGN.md promises report.html beside the weight shards; tasks/weights.py "
+                          "writes only summary.json", strict=True)
+def test_report_html_is_written(synthetic_run):
+    _, _, records, _ = synthetic_run
+    assert os.path.isfile(f"{records['weights']['uri']}/report.html")
+
+
+def test_second_run_is_fully_cached_and_changes_nothing(synthetic_run):
+    cfg, store, first, digest = synthetic_run
+    again = run(cfg)
+    assert {s: r["cached"] for s, r in again.items()} == {s: True for s in STAGES}
+    assert {s: r["key"] for s, r in again.items()} == {s: r["key"] for s, r in first.items()}
+    assert tree_digest(store) == digest
+
+
+def test_changed_learning_rate_reruns_from_the_discriminator(synthetic_run, tiny_model_dir):
+    cfg, store, first, _ = synthetic_run
+    changed = pipeline_config(tiny_model_dir, store, discriminator={"learning_rate": 3e-3})
+    records = run(changed)
+    assert {s: r["cached"] for s, r in records.items()} == {
+        "prepare": True, "shuffle": True, "discriminator": False, "score": False, "weights": False}
+    for stage in ("prepare", "shuffle"):
+        assert records[stage]["key"] == first[stage]["key"]
+    for stage in ("discriminator", "score", "weights"):
+        assert records[stage]["key"] != first[stage]["key"]
+        assert os.path.isfile(f"{first[stage]['uri']}/_manifest.json")  # the old output stays
+    check_weighted_dataset(records, "rft", "control")
+
+
+def test_output_deleted_by_hand_is_recomputed(synthetic_run):
+    """Prefect remembers the weights stage, but its files are gone: the flow computes it again."""
+    import shutil
+
+    cfg, store, first, digest = synthetic_run
+    shutil.rmtree(first["weights"]["uri"])
+    records = run(cfg)
+    assert records["weights"]["cached"] is False and records["score"]["cached"] is True
+    assert records["weights"]["key"] == first["weights"]["key"]
+    check_weighted_dataset(records, "rft", "control")
+
+
+def test_jsonl_run_uniform_weights_with_base_reference(jsonl_run):
+    cfg, records = jsonl_run
+    assert all(not r["cached"] for r in records.values())
+    table = check_weighted_dataset(records, "uniform", "base")
+    prep = json.load(open(f"{records['prepare']['uri']}/_manifest.json"))["counts"]
+    assert table.num_rows == prep["accepted"] == 18 and prep["rejected"] == 0
+    for r in table.to_pylist():
+        mask = np.asarray(r["loss_mask"])
+        assert np.allclose(np.asarray(r["weight"])[mask == 1], 1 / mask.sum())
+    disc = json.load(open(f"{records['discriminator']['uri']}/_manifest.json"))
+    assert set(disc["trained"]) == {"disc"}
+    score = pq.read_table(glob.glob(f"{records['score']['uri']}/part-*.parquet")[0])
+    assert score.column("loss_control").null_count == score.num_rows

@@ -1,0 +1,95 @@
+"""Key invalidation through the real task key functions: a change re-runs its stage and every
+stage after it, nothing before."""
+
+import json
+
+import pytest
+
+from conftest import chat_rows, pipeline_config, write_jsonl
+from tokenweight.models import resolve_base_model
+from tokenweight.store import Store
+from tokenweight.tasks.discriminator import discriminator_key
+from tokenweight.tasks.prepare import PrepareError, prepare_key
+from tokenweight.tasks.score import score_key
+from tokenweight.tasks.shuffle import shuffle_key
+from tokenweight.tasks.weights import weights_key
+
+
+def all_keys(cfg):
+    base = resolve_base_model(cfg.model, Store(cfg.store))
+    keys = {"prepare": prepare_key(cfg, base)}
+    keys["shuffle"] = shuffle_key(cfg, {"key": keys["prepare"]}, base)
+    keys["discriminator"] = discriminator_key(cfg, {"key": keys["shuffle"]}, base)
+    keys["score"] = score_key(cfg, {"key": keys["prepare"]}, {"key": keys["discriminator"]}, base)
+    keys["weights"] = weights_key(cfg, {"key": keys["score"]}, {"key": keys["prepare"]}, {"key": keys["discriminator"]})
+    return keys
+
+
+def changed(a, b):
+    return {stage for stage in a if a[stage] != b[stage]}
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    return write_jsonl(tmp_path / "data.jsonl", chat_rows(6))
+
+
+@pytest.mark.parametrize(
+    "section,values,expected",
+    [
+        ("discriminator", {"learning_rate": 5e-4}, {"discriminator", "score", "weights"}),
+        ("discriminator", {"reference": "base"}, {"discriminator", "score", "weights"}),
+        ("discriminator", {"train_layers": None}, {"discriminator", "score", "weights"}),
+        ("weights", {"margin": 0.5}, {"weights"}),
+        ("weights", {"method": "uniform"}, {"weights"}),
+        ("score", {"chunk_rows": 7}, {"score", "weights"}),
+        ("shuffle", {"seed": 3}, {"shuffle", "discriminator", "score", "weights"}),
+        ("prepare", {"max_tokens": 300}, {"prepare", "shuffle", "discriminator", "score", "weights"}),
+        ("prepare", {"eval_share": 0.5}, {"prepare", "shuffle", "discriminator", "score", "weights"}),
+    ],
+)
+def test_a_change_invalidates_its_stage_and_later_ones(tiny_model_dir, tmp_path, data_file, section, values, expected):
+    src = {"kind": "file", "path": data_file}
+    before = all_keys(pipeline_config(tiny_model_dir, tmp_path, src))
+    after = all_keys(pipeline_config(tiny_model_dir, tmp_path, src, **{section: values}))
+    assert changed(before, after) == expected
+
+
+def test_keys_are_stable_across_calls_and_store_location(tiny_model_dir, tmp_path, data_file):
+    src = {"kind": "file", "path": data_file}
+    a = all_keys(pipeline_config(tiny_model_dir, tmp_path / "one", src))
+    b = all_keys(pipeline_config(tiny_model_dir, tmp_path / "two", src))
+    assert a == b and len(set(a.values())) == 5
+
+
+def test_editing_the_data_file_in_place_changes_the_prepare_key(tiny_model_dir, tmp_path, data_file):
+    cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
+    before = all_keys(cfg)
+    rows = chat_rows(6)
+    rows[2]["messages"][-1]["content"] += " (edited)"
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    after = all_keys(cfg)
+    assert changed(before, after) == set(before)  # prepare, and so everything after it
+
+
+def test_a_different_model_directory_content_changes_every_key(tiny_model_dir, tmp_path, data_file):
+    import shutil
+
+    copy_dir = tmp_path / "model-copy"
+    shutil.copytree(tiny_model_dir, copy_dir)
+    src = {"kind": "file", "path": data_file}
+    a = all_keys(pipeline_config(tiny_model_dir, tmp_path, src))
+    b = all_keys(pipeline_config(str(copy_dir), tmp_path, src))
+    assert a == b  # same content, other path: same keys
+    cfg = json.loads((copy_dir / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-5
+    (copy_dir / "config.json").write_text(json.dumps(cfg))
+    c = all_keys(pipeline_config(str(copy_dir), tmp_path, src))
+    assert changed(a, c) == set(a)
+
+
+def test_prepare_key_of_a_missing_file_is_a_prepare_error(tiny_model_dir, tmp_path):
+    cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": str(tmp_path / "gone.jsonl")})
+    base = resolve_base_model(cfg.model, Store(cfg.store))
+    with pytest.raises(PrepareError, match="gone.jsonl: data file not found"):
+        prepare_key(cfg, base)

@@ -1,0 +1,150 @@
+"""store.py: keys, atomic stage outputs, manifests, verification, path safety."""
+
+import json
+import os
+
+import pytest
+
+from tokenweight.store import MANIFEST, Store, StoreError, sha256_file, stage_key, verify_output
+
+CONFIG = {"lr": 1e-4, "epochs": 2, "nested": {"a": [1, 2], "b": "x"}}
+
+
+def test_stage_key_is_stable_and_ignores_dict_order():
+    k = stage_key("score", "1", CONFIG, {"prepare": "aaa", "disc": "bbb"})
+    assert k == stage_key("score", "1", CONFIG, {"prepare": "aaa", "disc": "bbb"})
+    reordered = {"nested": {"b": "x", "a": [1, 2]}, "epochs": 2, "lr": 1e-4}
+    assert k == stage_key("score", "1", reordered, {"disc": "bbb", "prepare": "aaa"})
+    assert len(k) == 16 and all(c in "0123456789abcdef" for c in k)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(stage="weights"),
+        dict(version="2"),
+        dict(config={**CONFIG, "lr": 2e-4}),
+        dict(config={**CONFIG, "nested": {"a": [2, 1], "b": "x"}}),
+        dict(config={**CONFIG, "extra": None}),
+        dict(inputs={"prepare": "aab", "disc": "bbb"}),
+        dict(inputs={"prepare": "aaa"}),
+        dict(extra={"sha256": "0"}),
+    ],
+)
+def test_stage_key_changes_with_every_part(change):
+    args = dict(stage="score", version="1", config=CONFIG, inputs={"prepare": "aaa", "disc": "bbb"}, extra=None)
+    base = stage_key(**args)
+    assert stage_key(**{**args, **change}) != base
+
+
+def test_files_appear_only_after_commit(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    uri = store.stage_uri("prepare", "k1")
+    with store.begin("prepare", "k1") as w:
+        (w.dir / "part-00000.parquet").write_bytes(b"abc" * 100)
+        (w.dir / "sub").mkdir()
+        (w.dir / "sub" / "x.json").write_text('{"a": 1}')
+        assert not os.path.exists(f"{uri}/part-00000.parquet")
+        assert store.manifest("prepare", "k1") is None
+        record = w.commit(counts={"rows": 3})
+    assert record.to_dict() == {"stage": "prepare", "key": "k1", "uri": uri}
+    assert sorted(os.listdir(uri)) == [MANIFEST, "part-00000.parquet", "sub"]  # no temp dir left
+    manifest = store.manifest("prepare", "k1")
+    assert manifest["counts"] == {"rows": 3} and manifest["stage"] == "prepare" and manifest["key"] == "k1"
+    assert set(manifest["files"]) == {"part-00000.parquet", "sub/x.json"}
+    for rel, meta in manifest["files"].items():
+        assert meta["bytes"] == os.path.getsize(f"{uri}/{rel}")
+        assert meta["sha256"] == sha256_file(f"{uri}/{rel}")
+    assert verify_output(store, "prepare", "k1") == manifest
+
+
+def test_leaving_without_commit_leaves_no_manifest_and_no_temp_dir(tmp_path):
+    store = Store(str(tmp_path))
+    with pytest.raises(RuntimeError):
+        with store.begin("score", "k2") as w:
+            (w.dir / "part-00000.parquet").write_bytes(b"half")
+            raise RuntimeError("crash mid-stage")
+    uri = store.stage_uri("score", "k2")
+    assert store.manifest("score", "k2") is None
+    assert os.listdir(uri) == []
+    with store.begin("score", "k2") as w:
+        pass  # a clean exit without commit too
+    assert os.listdir(uri) == []
+    with pytest.raises(StoreError, match="never finished"):
+        verify_output(store, "score", "k2")
+
+
+@pytest.mark.parametrize("body", [b"", b'{"stage": "x", "key": "k3", "fil', b"\xff\xfe not utf8", b"[1, 2]", b"null"])
+def test_corrupt_manifest_reads_as_cache_miss(tmp_path, body):
+    store = Store(str(tmp_path))
+    with store.begin("weights", "k3") as w:
+        (w.dir / "a.txt").write_text("a")
+        w.commit()
+    assert store.manifest("weights", "k3") is not None
+    with open(f"{store.stage_uri('weights', 'k3')}/{MANIFEST}", "wb") as f:
+        f.write(body)
+    assert store.manifest("weights", "k3") is None
+
+
+def test_manifest_with_another_key_reads_as_miss(tmp_path):
+    store = Store(str(tmp_path))
+    with store.begin("weights", "k4") as w:
+        w.commit()
+    path = f"{store.stage_uri('weights', 'k4')}/{MANIFEST}"
+    data = json.loads(open(path).read())
+    data["key"] = "other"
+    open(path, "w").write(json.dumps(data))
+    assert store.manifest("weights", "k4") is None
+
+
+def test_verify_output_raises_on_missing_or_resized_file(tmp_path):
+    store = Store(str(tmp_path))
+    with store.begin("prepare", "k5") as w:
+        (w.dir / "a.bin").write_bytes(b"0123456789")
+        (w.dir / "b.bin").write_bytes(b"xyz")
+        w.commit()
+    uri = store.stage_uri("prepare", "k5")
+    with open(f"{uri}/a.bin", "ab") as f:
+        f.write(b"!")
+    with pytest.raises(StoreError, match="a.bin has 11 bytes, the manifest says 10"):
+        verify_output(store, "prepare", "k5")
+    os.remove(f"{uri}/a.bin")
+    with pytest.raises(StoreError, match="a.bin is listed in the manifest but missing"):
+        verify_output(store, "prepare", "k5")
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "a/b", "a\\b", "", ".tmp-x"])
+def test_stage_uri_rejects_bad_components(tmp_path, bad):
+    store = Store(str(tmp_path))
+    with pytest.raises(StoreError):
+        store.stage_uri(bad, "key")
+    with pytest.raises(StoreError):
+        store.stage_uri("prepare", bad)
+
+
+def test_store_url_forms(tmp_path):
+    assert Store(str(tmp_path) + "/").root == str(tmp_path)
+    assert Store(f"file://{tmp_path}").stage_uri("a", "b") == f"{tmp_path}/a/b"
+    rel = Store("relative/runs")
+    assert os.path.isabs(rel.root) and rel.is_local
+
+
+def test_check_writable(tmp_path):
+    Store(str(tmp_path / "new")).check_writable()
+    assert os.listdir(tmp_path / "new") == []  # the probe is removed
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(StoreError, match="not writable"):
+        Store(str(blocker / "sub")).check_writable()
+
+
+def test_memory_store_round_trip():
+    """A non-local fsspec store: files are uploaded, the manifest is written last and readable."""
+    store = Store("memory://tw-test-store")
+    assert not store.is_local
+    with store.begin("prepare", "km") as w:
+        (w.dir / "part-00000.parquet").write_bytes(b"data!")
+        w.commit(counts={"rows": 1})
+    manifest = verify_output(store, "prepare", "km")
+    assert manifest["files"]["part-00000.parquet"]["bytes"] == 5
+    assert store.fs.cat(f"{store.stage_uri('prepare', 'km')}/part-00000.parquet") == b"data!"

@@ -1,0 +1,207 @@
+"""kernels/token_weights.py: classes, the RFT weights, uniform weights, and the weights schema."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tokenweight.kernels.token_weights import (
+    METHODS,
+    rft_group_weights,
+    rft_static_weights,
+    sample_weights,
+    token_classes,
+    group_max,
+    uniform_weights,
+    word_groups,
+)
+from tokenweight.tasks.weights import SCHEMA
+
+
+def softmax2(a, b, tau):
+    ea, eb = math.exp(a / tau), math.exp(b / tau)
+    return ea / (ea + eb), eb / (ea + eb)
+
+
+def test_rft_weighted_loss_is_the_rft_loss():
+    loss = np.array([0.0, 2.0, 1.0, 3.0, 0.5, 4.0, 0.0], dtype=np.float32)
+    mask = np.array([0, 1, 1, 1, 1, 1, 0], dtype=np.int8)
+    classes = np.array([-1, 0, 1, 0, 1, 1, -1], dtype=np.int8)
+    tau = 2.0
+    w = rft_static_weights(loss, classes, tau)
+    l_b = loss[classes == 0].mean()
+    l_r = loss[classes == 1].mean()
+    w_b, w_r = softmax2(l_b, l_r, tau)
+    assert float((w * loss).sum()) == pytest.approx(w_b * l_b + w_r * l_r, rel=1e-6)
+    assert np.allclose(w[classes == 0], w_b / 2) and np.allclose(w[classes == 1], w_r / 3)
+    assert np.all(w[mask == 0] == 0)
+    assert float(w.sum()) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_rft_group_weights_are_a_softmax_favouring_the_harder_class():
+    w_b, w_r = rft_group_weights(1.0, 3.0, 2.0)
+    assert (w_b, w_r) == pytest.approx(softmax2(1.0, 3.0, 2.0))
+    assert w_r > w_b and w_b + w_r == pytest.approx(1.0)
+    # Numerically stable for large losses.
+    assert rft_group_weights(1000.0, 1001.0, 0.01) == pytest.approx((0.0, 1.0), abs=1e-12)
+
+
+@pytest.mark.parametrize("cls", [0, 1])
+def test_single_class_sample_gets_one_over_n(cls):
+    loss = np.array([0, 1.0, 5.0, 2.0, 0], dtype=np.float32)
+    classes = np.array([-1, cls, cls, cls, -1], dtype=np.int8)
+    w = rft_static_weights(loss, classes, 3.0)
+    assert w.tolist() == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3, 0])
+
+
+def test_very_large_tau_splits_half_and_half():
+    loss = np.array([1.0, 9.0, 0.1, 7.0, 3.0], dtype=np.float32)
+    classes = np.array([0, 1, 0, 0, 1], dtype=np.int8)
+    w = rft_static_weights(loss, classes, 1e9)
+    assert w[classes == 0] == pytest.approx([0.5 / 3] * 3)
+    assert w[classes == 1] == pytest.approx([0.5 / 2] * 2)
+
+
+def test_no_target_tokens_gives_zero_weights():
+    classes = np.array([-1, -1], dtype=np.int8)
+    assert rft_static_weights(np.zeros(2, np.float32), classes, 1.0).tolist() == [0, 0]
+    assert uniform_weights(np.zeros(2, np.int8)).tolist() == [0, 0]
+
+
+def test_uniform_weights_sum_to_one_on_the_mask():
+    mask = np.array([0, 1, 1, 0, 1, 1, 1], dtype=np.int8)
+    w = uniform_weights(mask)
+    assert w.dtype == np.float32
+    assert np.all(w[mask == 0] == 0) and np.allclose(w[mask == 1], 0.2)
+    assert float(w.sum()) == pytest.approx(1.0)
+
+
+def test_token_classes_reasoning_exactly_where_ld_exceeds_margin():
+    disc = np.array([1.0, 2.0, 2.2, 2.3, 0.5, 9.0], dtype=np.float32)
+    ref = np.array([1.0, 2.0, 2.0, 2.0, 1.0, 0.0], dtype=np.float32)
+    mask = np.array([1, 1, 1, 1, 1, 0], dtype=np.int8)
+    classes = token_classes(disc, ref, mask, margin=0.25)
+    assert classes.dtype == np.int8
+    # LD = [0, 0, 0.2, 0.3, -0.5, (9 off mask)]
+    assert classes.tolist() == [0, 0, 0, 1, 0, -1]
+    assert token_classes(disc, ref, mask, margin=0.0).tolist() == [0, 0, 1, 1, 0, -1]
+    # Equality is not "greater than".
+    assert token_classes(np.array([1.5], np.float32), np.array([1.0], np.float32), np.array([1], np.int8), 0.5).tolist() == [0]
+
+
+def test_unknown_method_names_the_valid_ones():
+    with pytest.raises(ValueError) as err:
+        sample_weights("dft", np.zeros(2), np.zeros(2, np.int8), np.ones(2, np.int8), 1.0)
+    assert "'dft'" in str(err.value)
+    for method in METHODS:
+        assert method in str(err.value)
+
+
+def test_sample_weights_dispatch():
+    loss = np.array([0, 1.0, 3.0], dtype=np.float32)
+    classes = np.array([-1, 0, 1], dtype=np.int8)
+    mask = np.array([0, 1, 1], dtype=np.int8)
+    assert sample_weights("uniform", loss, classes, mask, 1.0).tolist() == [0, 0.5, 0.5]
+    w = sample_weights("rft", loss, classes, mask, 1.0)
+    assert w.tolist() == pytest.approx([0, *softmax2(1.0, 3.0, 1.0)])
+
+
+@st.composite
+def samples(draw):
+    n = draw(st.integers(1, 40))
+    floats = st.floats(0.0, 30.0, allow_nan=False, width=32)
+    mask = np.array(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), dtype=np.int8)
+    mask[0] = 0  # token 0 is never a target
+    loss_base = np.array(draw(st.lists(floats, min_size=n, max_size=n)), dtype=np.float32) * mask
+    loss_disc = np.array(draw(st.lists(floats, min_size=n, max_size=n)), dtype=np.float32) * mask
+    loss_ref = np.array(draw(st.lists(floats, min_size=n, max_size=n)), dtype=np.float32) * mask
+    margin = draw(st.sampled_from([0.0, 0.2, 1.0]))
+    tau = draw(st.floats(0.05, 100.0))
+    method = draw(st.sampled_from(METHODS))
+    return mask, loss_base, loss_disc, loss_ref, margin, tau, method
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples())
+def test_weights_property_and_parquet_round_trip(tmp_path, sample):
+    mask, loss_base, loss_disc, loss_ref, margin, tau, method = sample
+    classes = token_classes(loss_disc, loss_ref, mask, margin)
+    weight = sample_weights(method, loss_base, classes, mask, tau)
+    assert weight.dtype == np.float32 and weight.shape == mask.shape
+    assert np.all(np.isfinite(weight)) and np.all(weight >= 0)
+    assert np.all(weight[mask == 0] == 0)
+    assert np.array_equal(classes == -1, mask == 0)
+    if mask.any():
+        assert float(weight[mask == 1].sum(dtype=np.float64)) == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert float(weight.sum()) == 0.0
+
+    n = len(mask)
+    row = {
+        "id": "s-1", "split": "train", "text": "x" * n, "input_ids": list(range(n)),
+        "offsets": [[i, i + 1] for i in range(n)], "loss_mask": mask, "loss_base": loss_base,
+        "loss_disc": loss_disc, "loss_ref": loss_ref, "token_class": classes, "weight": weight,
+    }
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), path)
+    back = pq.read_table(path)
+    assert back.schema.equals(SCHEMA)
+    got = back.to_pylist()[0]
+    for name, arr in (("loss_mask", mask), ("loss_base", loss_base), ("loss_disc", loss_disc),
+                      ("loss_ref", loss_ref), ("token_class", classes), ("weight", weight)):
+        assert np.array_equal(np.asarray(got[name], dtype=arr.dtype), arr), name
+        assert got[name] == arr.tolist(), name
+    assert got["offsets"] == row["offsets"] and got["input_ids"] == row["input_ids"]
+
+
+def _words(tokenizer, content: str) -> list[str]:
+    """The words word_groups finds in an assistant answer, as strings."""
+    enc = tokenizer(content, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    groups = word_groups(content, offsets, [1] * len(offsets))
+    words: dict[int, str] = {}
+    for g, (a, b) in zip(groups, offsets):
+        words[g] = words.get(g, "") + content[a:b]
+    return list(words.values())
+
+
+def test_word_groups_keep_values_whole_and_split_punctuation(smol_tokenizer):
+    words = _words(smol_tokenizer, "[get_directions(origin='Nairobi', when='2024-05-01T14:30', to='priya.n@example.com')]")
+    assert "get_directions" in words
+    assert "Nairobi" in words and "2024-05-01T14:30" in words and "priya.n@example.com" in words
+    # Quotes, `=`, brackets and commas never join a value.
+    assert not any(("'" in w or "=" in w) and any(c.isalnum() for c in w) for w in words)
+
+
+def test_word_groups_detach_a_sentence_final_connector(smol_tokenizer):
+    words = _words(smol_tokenizer, "I'll get directions.\nIt is 287 km.")
+    assert "directions" in " ".join(words).split() or any(w.strip() == "directions" for w in words)
+    assert not any(w.strip().endswith(".") and len(w.strip()) > 1 for w in words)
+
+
+def test_word_groups_skip_tokens_off_the_mask():
+    text = "ab cd"
+    offsets = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    groups = word_groups(text, offsets, [1, 0, 0, 1, 1])
+    assert groups[1] == groups[2] == -1
+    assert groups[0] != groups[3] and groups[3] == groups[4]
+
+
+def test_group_max_spreads_the_largest_value_over_each_group():
+    values = np.array([0.1, -0.5, 0.9, 0.2, 7.0], dtype=np.float32)
+    groups = np.array([0, 0, 1, 1, -1])
+    out = group_max(values, groups)
+    assert out.tolist() == pytest.approx([0.1, 0.1, 0.9, 0.9, 7.0])
+
+
+def test_token_classes_by_word_follow_the_words_largest_ld():
+    disc = np.array([0, 2.0, 0.1, 0.1, 0.1], dtype=np.float32)
+    ref = np.zeros(5, dtype=np.float32)
+    mask = np.array([0, 1, 1, 1, 1])
+    groups = np.array([-1, 0, 0, 1, 1])
+    assert token_classes(disc, ref, mask, 0.5, groups).tolist() == [-1, 1, 1, 0, 0]
+    assert token_classes(disc, ref, mask, 0.5).tolist() == [-1, 1, 0, 0, 0]
