@@ -78,7 +78,7 @@ class ShuffleConfig(_Strict):
     """Draw the discriminator's sample from the train split and derange its input/output pairing."""
 
     share: float = Field(0.01, gt=0.0, le=1.0, description="Share of the train split to sample (paper: 1%).")
-    floor: int = Field(100, ge=2, description="Sample at least this many (all of train if it has fewer).")
+    floor: int = Field(64, ge=2, description="Sample at least this many (all of train if it has fewer).")
     seed: int = Field(0, description="Seed of the sample and of the derangement.")
 
 
@@ -91,12 +91,12 @@ class DiscriminatorConfig(_Strict):
         "way on the same sample with the true pairing) or `base` (the untuned model, as in the paper).",
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the shuffled sample.")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak AdamW learning rate.")
     warmup_share: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0)
-    batch_tokens: int = Field(2048, ge=16, description="Padded tokens per optimizer step.")
+    batch_tokens: int = Field(1024, ge=16, description="Padded tokens per optimizer step.")
     train_layers: int | None = Field(
-        None,
+        6,
         ge=1,
         description="Train only the top N transformer blocks (and the final norm); null trains all. "
         "Bottom blocks then stay the base model's, which makes CPU runs several times cheaper.",
@@ -173,7 +173,7 @@ def parse_config(data: dict[str, Any], where: str = "config") -> PipelineConfig:
 
 
 def _parse_value(text: str) -> Any:
-    # YAML scalars, so `--set discriminator.learning_rate=3e-4` or `...categories=[a,b]` work as typed.
+    # YAML scalars and lists (`...categories=[a,b]`); pydantic then checks and converts each value.
     return yaml.safe_load(text) if text != "" else ""
 
 
@@ -220,3 +220,29 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
     return parse_config(apply_overrides(read_config_file(path), list(overrides)), where=str(path))
+
+
+def reference_markdown() -> str:
+    """The configuration reference for the README, generated from the fields above."""
+    sections = [("(top level)", PipelineConfig), ("model", ModelConfig), ("prepare", PrepareConfig),
+                ("prepare.source (kind: bfcl)", BfclSource), ("prepare.source (kind: file)", FileSource),
+                ("prepare.source (kind: synthetic)", SyntheticSource), ("shuffle", ShuffleConfig),
+                ("discriminator", DiscriminatorConfig), ("score", ScoreConfig), ("weights", WeightsConfig)]
+    out = []
+    for title, model in sections:
+        out += [f"**{title}**: {model.__doc__.strip()}", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            if isinstance(field.default, BaseModel) or field.default_factory is not None or name == "kind":
+                continue
+            default = "required" if field.is_required() else f"`{json_default(field.default)}`"
+            out.append(f"| `{name}` | {default} | {(field.description or '').replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def json_default(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
