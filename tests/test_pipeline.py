@@ -5,6 +5,7 @@ import glob
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -270,3 +271,23 @@ def test_jsonl_run_uniform_weights_with_base_reference(jsonl_run):
     assert set(disc["trained"]) == {"disc"}
     score = pq.read_table(glob.glob(f"{records['score']['uri']}/part-*.parquet")[0])
     assert score.column("loss_control").null_count == score.num_rows
+
+
+def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
+    from tokenweight.cli import main
+
+    cfg, _, records, _ = synthetic_run
+    weights_dir = records["weights"]["uri"]
+    assert main(["roles", weights_dir, "--margins", str(cfg.weights.margin), "5.0"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    table = {(r[0].strip(), r[2].strip(), float(r[3])): [float(x) for x in r[4:]] for r in rows}
+    assert {ref for ref, _, _ in table} == {"control", "base"}
+    roles = json.loads((Path(weights_dir) / "summary.json").read_text())["roles"]
+    # The weights stage ran with the control, words and this margin: the same figures.
+    assert table[("control", "word", cfg.weights.margin)] == pytest.approx(
+        [roles["accuracy"], roles["reasoning_precision"], roles["reasoning_recall"], roles["reasoning_f1"]], abs=1e-3)
+    # A margin no LD reaches leaves no reasoning token.
+    assert table[("control", "token", 5.0)][2] == 0.0
+    # A source without known roles is a clear error, not an empty table.
+    assert main(["roles", jsonl_run[1]["weights"]["uri"]]) == 2
+    assert "no sample with known token roles" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="a JSONL or Parquet file to use instead of the configured source")
     run.add_argument("--until", choices=STAGES, default="weights", help="stop after this stage")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    roles = sub.add_parser("roles", help="compare a run's token classes with known token roles")
+    roles.add_argument("weights_dir", help="a finished weights output, {store}/weights/{key}")
+    roles.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
+    roles.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -72,8 +77,36 @@ def print_summary(weights_dir: Path) -> None:
     print(f"weight shards: {weights_dir}/part-*.parquet")
 
 
+def _roles(args: argparse.Namespace) -> int:
+    from .role_report import role_table
+
+    try:
+        print(role_table(Path(args.weights_dir), args.margins))
+    except (OSError, ValueError, KeyError) as err:
+        if args.debug:
+            raise
+        print(f"tokenweight: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _NoTracebacks(logging.Filter):
+    """Keep Prefect's failure lines but drop their tracebacks (shown with --debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine"):
+        logging.getLogger(name).addFilter(_NoTracebacks())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "roles":
+        return _roles(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Prefect's first local start migrates its database; 20 s is not always enough on 2 cores.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -84,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         check_model_name(cfg.model)
         Store(cfg.store).check_writable()
         from .flows.pipeline import pipeline
+
+        if not args.debug:
+            _quiet_prefect_tracebacks()
 
         started = time.time()
         records = pipeline(cfg, until=args.until)

@@ -90,11 +90,11 @@ class DiscriminatorConfig(_Strict):
         description="What LD compares the discriminator against: `control` (the base tuned the same "
         "way on the same sample with the true pairing) or `base` (the untuned model, as in the paper).",
     )
-    epochs: float = Field(2.0, gt=0, description="Passes over the shuffled sample.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the shuffled sample.")
     learning_rate: float = Field(3e-4, gt=0, description="Peak AdamW learning rate.")
     warmup_share: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0)
-    batch_tokens: int = Field(1024, ge=16, description="Padded tokens per optimizer step.")
+    batch_tokens: int = Field(512, ge=16, description="Padded tokens per optimizer step.")
     train_layers: int | None = Field(
         6,
         ge=1,

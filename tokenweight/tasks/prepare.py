@@ -25,14 +25,18 @@ from .common import Progress, logger, run_stage, write_shard
 
 STAGE, VERSION = "prepare", "1"
 
+# The sample's columns, carried unchanged into the weighted dataset.
+SAMPLE_FIELDS = [
+    ("id", pa.string()),
+    ("split", pa.string()),
+    ("text", pa.string()),
+    ("input_ids", pa.list_(pa.int32())),
+    ("offsets", pa.list_(pa.list_(pa.int32()))),
+    ("loss_mask", pa.list_(pa.int8())),
+]
 SCHEMA = pa.schema(
     [
-        ("id", pa.string()),
-        ("split", pa.string()),
-        ("text", pa.string()),
-        ("input_ids", pa.list_(pa.int32())),
-        ("offsets", pa.list_(pa.list_(pa.int32()))),
-        ("loss_mask", pa.list_(pa.int8())),
+        *SAMPLE_FIELDS,
         ("role_truth", pa.list_(pa.int8())),  # null unless the source knows the token roles
         ("messages", pa.string()),  # JSON, for the shuffle stage to re-pair
         ("meta", pa.string()),  # JSON
@@ -97,9 +101,10 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
     pc = cfg.prepare
     tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
     rejects: list[Reject] = []
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []  # the shard being filled
     seen: dict[str, str] = {}
-    truncated = Counter()
+    truncated, totals = Counter(), Counter()
+    shards = 0
     progress = Progress("prepare", None, "samples")
     for item in read_source(pc.source):
         progress.update(1)
@@ -142,34 +147,38 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
                 "meta": json.dumps(item.meta, ensure_ascii=False, default=str),
             }
         )
+        totals["accepted"] += 1
+        totals[rows[-1]["split"]] += 1
+        totals["tokens"] += len(enc.input_ids)
+        totals["target_tokens"] += sum(enc.loss_mask)
+        totals["roles_known"] += enc.role_truth is not None
+        if len(rows) == pc.shard_rows:
+            write_shard(writer.dir, shards, pa.Table.from_pylist(rows, schema=SCHEMA))
+            shards, rows = shards + 1, []
+    if rows or not shards:
+        write_shard(writer.dir, shards, pa.Table.from_pylist(rows, schema=SCHEMA))
     seconds = progress.close()
-    read = len(rows) + len(rejects)
+    read = totals["accepted"] + len(rejects)
     if read == 0:
         raise PrepareError(f"source {pc.source.kind}: no rows to read")
     if len(rejects) / read > pc.max_reject_share:
-        reasons = Counter(r.reason.split(":")[0] for r in rejects).most_common(3)
+        reasons = ", ".join(f"{r} ({n})" for r, n in Counter(r.reason.split(":")[0] for r in rejects).most_common(3))
         raise PrepareError(
-            f"{len(rejects)} of {read} rows rejected (more than max_reject_share={pc.max_reject_share}); "
-            f"most common: {reasons}; first: {rejects[0].file}:{rejects[0].line}: {rejects[0].reason}"
+            f"{len(rejects)} of {read} rows rejected, more than prepare.max_reject_share={pc.max_reject_share} "
+            f"(most common: {reasons}); first: {rejects[0].file}:{rejects[0].line}: {rejects[0].reason}. "
+            "Fix the data or raise prepare.max_reject_share."
         )
     with open(writer.dir / "rejects.jsonl", "w", encoding="utf-8") as f:
         for r in rejects:
             f.write(json.dumps({"file": r.file, "line": r.line, "id": r.id, "reason": r.reason}, ensure_ascii=False) + "\n")
-    for i in range(0, max(len(rows), 1), pc.shard_rows):
-        write_shard(writer.dir, i // pc.shard_rows, pa.Table.from_pylist(rows[i : i + pc.shard_rows], schema=SCHEMA))
-    splits = Counter(r["split"] for r in rows)
     counts = {
         "rows_read": read,
-        "accepted": len(rows),
+        "accepted": totals["accepted"],
         "rejected": len(rejects),
         "reject_reasons": dict(Counter(r.reason.split(":")[0] for r in rejects)),
         "truncated_samples": truncated["samples"],
         "truncated_tokens": truncated["tokens"],
-        "train": splits["train"],
-        "eval": splits["eval"],
-        "tokens": sum(len(r["input_ids"]) for r in rows),
-        "target_tokens": sum(sum(r["loss_mask"]) for r in rows),
-        "roles_known": sum(r["role_truth"] is not None for r in rows),
+        **{k: totals[k] for k in ("train", "eval", "tokens", "target_tokens", "roles_known")},
     }
     logger().info("prepare: %s in %.1fs", counts, seconds)
     if rejects:

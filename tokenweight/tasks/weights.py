@@ -21,17 +21,13 @@ from ..kernels.token_weights import sample_weights, token_classes, word_groups
 from ..models import BaseModel, load_tokenizer
 from ..store import Store, StageWriter, stage_key
 from .common import input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths, write_shard
+from .prepare import SAMPLE_FIELDS
 
 STAGE, VERSION = "weights", "1"
 
 SCHEMA = pa.schema(
     [
-        ("id", pa.string()),
-        ("split", pa.string()),
-        ("text", pa.string()),
-        ("input_ids", pa.list_(pa.int32())),
-        ("offsets", pa.list_(pa.list_(pa.int32()))),
-        ("loss_mask", pa.list_(pa.int8())),
+        *SAMPLE_FIELDS,
         ("loss_base", pa.list_(pa.float32())),
         ("loss_disc", pa.list_(pa.float32())),
         ("loss_ref", pa.list_(pa.float32())),
@@ -118,10 +114,9 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
         "tokenweight.discriminator_key": disc["key"],
     }
     tally = _Tally()
-    prep_shards = list(iter_shards(prep_dir))
-    if len(prep_shards) != len(shard_paths(score_dir)):
+    if len(shard_paths(prep_dir)) != len(shard_paths(score_dir)):
         raise ValueError(f"{prep_dir} and {score_dir} have different shard counts")
-    for index, ((_, prep), (_, score)) in enumerate(zip(prep_shards, iter_shards(score_dir))):
+    for index, ((_, prep), (_, score)) in enumerate(zip(iter_shards(prep_dir), iter_shards(score_dir))):
         rows = []
         for p, s in zip(prep.to_pylist(), score.to_pylist()):
             if p["id"] != s["id"]:
@@ -134,7 +129,7 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
             classes = token_classes(loss_disc, loss_ref, mask, wc.margin, groups)
             weight = sample_weights(wc.method, loss_base, classes, mask, wc.tau)
             tally.add(p["split"], np.asarray(p["input_ids"]), classes, loss_disc - loss_ref, p["role_truth"])
-            rows.append({k: p[k] for k in ("id", "split", "text", "input_ids", "offsets", "loss_mask")}
+            rows.append({k: p[k] for k, _ in SAMPLE_FIELDS}
                         | {"loss_base": loss_base, "loss_disc": loss_disc, "loss_ref": loss_ref,
                            "token_class": classes, "weight": weight})
         write_shard(writer.dir, index, pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
