@@ -116,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         # What the user can fix is checked before Prefect starts (and would log a traceback).
         check_model_name(cfg.model)
         Store(cfg.store).check_writable()
-        from .flows.pipeline import pipeline
+        from .flows.pipeline import run_pipeline
 
         if not args.debug:
             _quiet_prefect_tracebacks()
 
         started = time.time()
-        records = pipeline(cfg, until=args.until)
+        records = run_pipeline(cfg, until=args.until)
     except KeyboardInterrupt:
         print("tokenweight: interrupted", file=sys.stderr)
         return 130

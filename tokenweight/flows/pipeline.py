@@ -2,7 +2,8 @@
 
 The flow only orchestrates: each call passes the config and small records between stages.
 Prefect's cache key for a stage is the stage key, and its results live in the store itself
-(`{store}/_prefect` for a local store), so wiping the store also forgets Prefect's cache.
+(`{store}/_prefect` for a local store, through `run_pipeline`), so wiping the store also forgets
+Prefect's cache.
 """
 
 from __future__ import annotations
@@ -48,13 +49,6 @@ def pipeline(cfg: PipelineConfig, until: str = "weights") -> dict[str, dict[str,
         raise ValueError(f"unknown stage {until!r}; valid: {', '.join(STAGES)}")
     store = Store(cfg.store)
     store.check_writable()
-    # Prefect's cache records go beside the outputs they point at (unless the user set a place).
-    storage = {"results.local_storage_path": f"{store.root}/_prefect"} if store.is_local else {}
-    with temporary_settings(set_defaults=storage):
-        return _stages(cfg, store, until)
-
-
-def _stages(cfg: PipelineConfig, store: Store, until: str) -> dict[str, dict[str, Any]]:
     base = base_model_task(cfg)
     records: dict[str, dict[str, Any]] = {}
     records["prepare"] = run_cached(prepare_task, store, cfg=cfg, base=base)
@@ -73,3 +67,12 @@ def _stages(cfg: PipelineConfig, store: Store, until: str) -> dict[str, dict[str
     records["weights"] = run_cached(weights_task, store, cfg=cfg, scored=records["score"],
                                     prepared=records["prepare"], disc=records["discriminator"], base=base)
     return records
+
+
+def run_pipeline(cfg: PipelineConfig, until: str = "weights") -> dict[str, dict[str, Any]]:
+    """Run the flow with Prefect's cache records beside the outputs they point at (in a local
+    store, unless the user chose a place), so that wiping the store also forgets them."""
+    store = Store(cfg.store)
+    storage = {"results.local_storage_path": f"{store.root}/_prefect"} if store.is_local else {}
+    with temporary_settings(set_defaults=storage):
+        return pipeline(cfg, until=until)

@@ -15,7 +15,6 @@ import numpy as np
 
 
 METHODS = ("rft", "uniform")
-GRANULARITIES = ("word", "token")
 # Characters that make up a word, values included: identifiers, numbers, dates, times, e-mails,
 # paths. Quotes, brackets, `=`, `,` and spaces end a word; so does a connector at a word's end.
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@/:")
