@@ -20,15 +20,11 @@ from .tasks.common import iter_shards
 from .tasks.weights import role_scores
 
 
-def _score_dir(weights_dir: Path) -> Path:
-    return weights_dir.parent.parent / "score" / json.loads((weights_dir / "_manifest.json").read_text())["inputs"]["score"]
-
-
 def role_table(weights_dir: Path, margins: list[float]) -> str:
     manifest = json.loads((weights_dir / "_manifest.json").read_text())
     store = weights_dir.parent.parent
     prep_dir = store / "prepare" / manifest["inputs"]["prepare"]
-    score_dir = _score_dir(weights_dir)
+    score_dir = store / "score" / manifest["inputs"]["score"]
     variants = [(ref, gran, m) for ref in ("control", "base") for gran in ("word", "token") for m in margins]
     confusion = {v: Counter() for v in variants}
     for (_, prep), (_, score) in zip(iter_shards(prep_dir), iter_shards(score_dir)):

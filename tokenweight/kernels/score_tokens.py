@@ -32,10 +32,10 @@ def score_rows(
     models share all but their top this-many blocks (checked), so the bottom runs once."""
     out = {name: [None] * len(rows) for name in models}
     splits = _shared_splits(models, shared_top_layers) if shared_top_layers else None
+    first = next(iter(splits.values())) if splits else None  # computes the shared bottom
     for n, batch in enumerate(length_batches([len(r) for r in rows], batch_tokens)):
         ids, attn, loss_mask = pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id)
         if splits is not None:
-            first = next(iter(splits.values()))
             if n == 0:
                 check_split(first, ids, attn)
             bottom = first.bottom(ids, attn)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from typing import Any
 
 import pyarrow as pa
@@ -54,7 +53,8 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
     # In its own context the discriminator reads the same batches as the others; in a foreign one,
     # its own rows (so the progress counts the prepared tokens twice).
     in_context = {name: m for name, m in models.items() if not (foreign and name == "disc")}
-    total = read_manifest(prep_dir)["counts"]["tokens"] * (2 if foreign else 1)
+    tokens = read_manifest(prep_dir)["counts"]["tokens"]
+    total = tokens * (2 if foreign else 1)
     progress = Progress("score", total, "tokens")
     own_input = 0
     for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "input_ids", "loss_mask", "messages"])):
@@ -67,7 +67,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
                                  cfg.prepare.max_tokens)
             own_input += other.own_input
             disc_losses = score_rows({"disc": models["disc"]}, other.rows, other.masks, tokenizer.pad_token_id,
-                              sc.batch_tokens, sc.chunk_rows, on_batch=progress.update)["disc"]
+                                     sc.batch_tokens, sc.chunk_rows, on_batch=progress.update)["disc"]
             scores["disc"] = [move_targets(d, fm, m) for d, fm, m in zip(disc_losses, other.masks, masks)]
         out = pa.table(
             {
@@ -80,7 +80,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
         )
         write_shard(writer.dir, index, out)
     seconds = progress.close()
-    counts = {"tokens": read_manifest(prep_dir)["counts"]["tokens"], "models": list(models),
+    counts = {"tokens": tokens, "models": list(models),
               "disc_context": sc.disc_context, "disc_own_input": own_input,
               "tokens_per_s": round(total / max(seconds, 1e-9), 1), "threads": torch.get_num_threads()}
     logger().info("score: %s in %.1fs", counts, seconds)
