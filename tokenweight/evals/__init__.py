@@ -1,0 +1,1 @@
+"""Answer checkers for the eval stage: BFCL calls and GSM8K numbers."""
