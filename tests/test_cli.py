@@ -18,6 +18,8 @@ def write_config(path, model_dir, store, **extra):
         "discriminator": {"epochs": 1, "batch_tokens": 512, "train_layers": 2},
         "score": {"batch_tokens": 1024, "chunk_rows": 64},
         "weights": {"margin": 0.1},
+        "finetune": {"max_steps": 2, "batch_size": 4, "grad_accum": 1},
+        "eval": {"max_new_tokens": 4},
     }
     data.update(extra)
     path.write_text(yaml.safe_dump(data))
@@ -90,12 +92,13 @@ def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harne
     captured = prefect_capfd.readouterr()
     assert code == 0, captured.err[-1200:]
     out = captured.out
-    assert re.search(r"tokenweight: 5 stages in [0-9.]+s", out), out
+    assert re.search(r"tokenweight: 7 stages in [0-9.]+s", out), out
     for stage in STAGES:
         line = next((l for l in out.splitlines() if l.strip().startswith(stage + " ")), None)
         assert line is not None, f"{stage} missing from report:\n{out}"
         assert " ran " in line and f"{store}/{stage}/" in line
     assert "samples:" in out and "weight shards:" in out and "against known roles" in out
+    assert "eval [rft]: accuracy n/a on 0 checked samples; held-out loss boilerplate" in out
     assert "every stage came from the cache" not in out
 
     assert main(["run", cfg]) == 0
@@ -118,3 +121,27 @@ def test_until_and_data_options(tmp_path, tiny_model_dir, prefect_harness, prefe
     assert f"{other_store}/prepare/" in out and f"{other_store}/shuffle/" in out
     assert "discriminator" not in out
     assert not (tmp_path / "store").exists()
+
+
+def test_compare_prints_the_table(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store",
+                       compare={"arms": [{"name": "sft", "finetune": {"method": "sft"}},
+                                         {"name": "weighted", "finetune": {"method": "weighted"}}],
+                                "bootstrap": 100})
+    code = main(["compare", cfg])
+    captured = prefect_capfd.readouterr()
+    assert code == 0, captured.err[-1200:]
+    out = captured.out
+    assert re.search(r"tokenweight compare: 10 stages \(10 ran, 0 cached\)", out), out
+    rows = [l for l in out.splitlines() if l.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["base", "sft", "weighted"]
+    assert f"{tmp_path / 'store'}/compare/" in out
+
+
+def test_compare_with_a_bad_arm_override_exits_2_naming_it(tmp_path, capsys, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store",
+                       compare={"arms": [{"name": "sft", "finetune": {"method": "sft"}},
+                                         {"name": "odd", "finetune": {"metod": "rft"}}]})
+    assert main(["compare", cfg]) == 2
+    err, lines = error_lines(capsys)
+    assert len(lines) == 1 and "compare.arms[odd].finetune: metod: Extra inputs are not permitted" in lines[0], err

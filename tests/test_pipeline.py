@@ -237,10 +237,11 @@ def test_changed_learning_rate_reruns_from_the_discriminator(synthetic_run, tiny
     changed = pipeline_config(tiny_model_dir, store, discriminator={"learning_rate": 3e-3})
     records = run(changed)
     assert {s: r["cached"] for s, r in records.items()} == {
-        "prepare": True, "shuffle": True, "discriminator": False, "score": False, "weights": False}
+        "prepare": True, "shuffle": True, "discriminator": False, "score": False, "weights": False,
+        "finetune": False, "eval": False}
     for stage in ("prepare", "shuffle"):
         assert records[stage]["key"] == first[stage]["key"]
-    for stage in ("discriminator", "score", "weights"):
+    for stage in ("discriminator", "score", "weights", "finetune", "eval"):
         assert records[stage]["key"] != first[stage]["key"]
         assert os.path.isfile(f"{first[stage]['uri']}/_manifest.json")  # the old output stays
     check_weighted_dataset(records, "rft", "control")
@@ -255,6 +256,7 @@ def test_output_deleted_by_hand_is_recomputed(synthetic_run):
     records = run(cfg)
     assert records["weights"]["cached"] is False and records["score"]["cached"] is True
     assert records["weights"]["key"] == first["weights"]["key"]
+    assert records["finetune"]["cached"] is True  # same key: its output is still there
     check_weighted_dataset(records, "rft", "control")
 
 

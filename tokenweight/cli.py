@@ -1,4 +1,4 @@
-"""`tokenweight run CONFIG.yaml`: run the pipeline in Prefect's local mode and say what it did.
+"""`tokenweight run CONFIG.yaml` (the pipeline) and `tokenweight compare CONFIG.yaml` (fine-tune arms side by side) in Prefect's local mode.
 
 Errors the user can fix (a config key, a missing file, a bad model path, an unwritable store)
 print one line saying what and where; `--debug` shows the traceback too.
@@ -28,8 +28,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config value (repeatable), e.g. --set discriminator.learning_rate=3e-4")
     run.add_argument("--store", help="fsspec URL of the store (overrides `store`)")
     run.add_argument("--data", help="a JSONL or Parquet file to use instead of the configured source")
-    run.add_argument("--until", choices=STAGES, default="weights", help="stop after this stage")
+    run.add_argument("--until", choices=STAGES, default="eval", help="stop after this stage")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    compare = sub.add_parser("compare", help="train several fine-tune arms (default sft, rft) and compare them")
+    compare.add_argument("config", help="pipeline config (YAML) with a compare section, e.g. configs/bfcl-smollm2.yaml")
+    for flag, kw in (("--set", dict(dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                                    help="override a config value (repeatable)")),
+                     ("--store", dict(help="fsspec URL of the store (overrides `store`)")),
+                     ("--data", dict(help="a JSONL or Parquet file to use instead of the configured source")),
+                     ("--debug", dict(action="store_true", help="show tracebacks"))):
+        compare.add_argument(flag, **kw)
     roles = sub.add_parser("roles", help="compare a run's token classes with known token roles")
     roles.add_argument("weights_dir", help="a finished weights output, {store}/weights/{key}")
     roles.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
@@ -57,6 +65,19 @@ def print_report(records: dict, seconds: float) -> None:
         print("  nothing to do: every stage came from the cache")
     if "weights" in records:
         print_summary(Path(records["weights"]["uri"]))
+    if "eval" in records:
+        print_eval(Path(records["eval"]["uri"]))
+
+
+def print_eval(eval_dir: Path) -> None:
+    m = json.loads((eval_dir / "metrics.json").read_text())
+    loss = m["heldout_loss"]
+    accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.3f}"
+    print(f"\neval [{m['model']['name']}]: accuracy {accuracy} on {m['checked']} checked samples; held-out loss "
+          f"boilerplate {loss['boilerplate']}, reasoning {loss['reasoning']}")
+    for name, t in m["accuracy_by_task"].items():
+        print(f"  {name:<28} {t['accuracy']:.3f}  (n={t['n']})")
+    print(f"predictions: {eval_dir}/predictions.parquet")
 
 
 def print_summary(weights_dir: Path) -> None:
@@ -103,6 +124,25 @@ def _quiet_prefect_tracebacks() -> None:
         logging.getLogger(name).addFilter(_NoTracebacks())
 
 
+def _run_flow(args: argparse.Namespace, cfg):
+    if args.command == "compare":
+        from .flows.compare import run_compare
+
+        return run_compare(cfg)
+    from .flows.pipeline import run_pipeline
+
+    return run_pipeline(cfg, until=args.until)
+
+
+def print_compare(result: dict, seconds: float) -> None:
+    table_dir = Path(result["compare"]["uri"])
+    stages = [*result["shared"].values(), *result["finetune"].values(), *result["eval"].values()]
+    ran = sum(not r["cached"] for r in stages)
+    print(f"\ntokenweight compare: {len(stages)} stages ({ran} ran, {len(stages) - ran} cached) in {seconds:.1f}s\n")
+    print((table_dir / "table.md").read_text())
+    print(f"table: {table_dir}/table.md and table.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "roles":
@@ -116,13 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         # What the user can fix is checked before Prefect starts (and would log a traceback).
         check_model_name(cfg.model)
         Store(cfg.store).check_writable()
-        from .flows.pipeline import run_pipeline
-
         if not args.debug:
             _quiet_prefect_tracebacks()
 
         started = time.time()
-        records = run_pipeline(cfg, until=args.until)
+        result = _run_flow(args, cfg)
     except KeyboardInterrupt:
         print("tokenweight: interrupted", file=sys.stderr)
         return 130
@@ -132,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokenweight: error: {type(err).__name__}: {err}", file=sys.stderr)
         print("tokenweight: run again with --debug for the traceback", file=sys.stderr)
         return 2
-    print_report(records, time.time() - started)
+    if args.command == "compare":
+        print_compare(result, time.time() - started)
+    else:
+        print_report(result, time.time() - started)
     return 0
 
 

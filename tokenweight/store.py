@@ -98,15 +98,27 @@ class Store:
         uri = self.stage_uri(stage, key)
         if self.is_local:
             return Path(uri)
-        cache = Path(os.environ.get("TOKENWEIGHT_CACHE", Path.home() / ".cache" / "tokenweight")) / stage / key
+        cache = _cache_root() / stage / key
         if not (cache / MANIFEST).exists():
             tmp = cache.with_name(cache.name + _TMP_PREFIX + uuid.uuid4().hex[:8])
             self.fs.get(uri + "/", str(tmp), recursive=True)
             tmp.rename(cache) if not cache.exists() else shutil.rmtree(tmp)
         return cache
 
+    def work_dir(self, stage: str, key: str) -> Path:
+        """A local scratch directory that outlives a crash (checkpoints to resume from). The stage
+        removes it once its output is committed; it is never an output itself."""
+        _check_name(stage)
+        _check_name(key)
+        root = Path(self.root) if self.is_local else _cache_root()
+        return root / "_work" / stage / key
+
     def begin(self, stage: str, key: str) -> "StageWriter":
         return StageWriter(self, stage, key)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("TOKENWEIGHT_CACHE", Path.home() / ".cache" / "tokenweight"))
 
 
 def _check_name(name: str) -> None:

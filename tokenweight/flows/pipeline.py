@@ -1,4 +1,4 @@
-"""The SHAD pipeline: prepare -> shuffle -> discriminator -> score -> weights, each stage cached.
+"""The pipeline: prepare -> shuffle -> discriminator -> score -> weights -> finetune -> eval, each cached.
 
 The flow only orchestrates: each call passes the config and small records between stages.
 Prefect's cache key for a stage is the stage key, and its results live in the store itself
@@ -18,6 +18,8 @@ from ..config import STAGES, PipelineConfig
 from ..models import BaseModel, resolve_base_model
 from ..store import Store
 from ..tasks.discriminator import discriminator_task
+from ..tasks.eval import eval_task, finetuned_ref
+from ..tasks.finetune import finetune_task
 from ..tasks.prepare import prepare_task
 from ..tasks.score import score_task
 from ..tasks.shuffle import shuffle_task
@@ -42,37 +44,50 @@ def run_cached(stage_task, store: Store, **params: Any) -> dict[str, Any]:
     return record
 
 
-@flow(name="tokenweight-pipeline", log_prints=True)
-def pipeline(cfg: PipelineConfig, until: str = "weights") -> dict[str, dict[str, Any]]:
-    """Run the SHAD stages up to and including `until`; returns each stage's record."""
+def run_stages(cfg: PipelineConfig, store: Store, base: BaseModel, until: str) -> dict[str, dict[str, Any]]:
+    """The stages in order up to and including `until`, each cached; returns their records."""
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; valid: {', '.join(STAGES)}")
-    store = Store(cfg.store)
-    store.check_writable()
-    base = base_model_task(cfg)
     records: dict[str, dict[str, Any]] = {}
-    records["prepare"] = run_cached(prepare_task, store, cfg=cfg, base=base)
-    if until == "prepare":
+
+    def stage(name: str, stage_task, **params: Any) -> bool:
+        records[name] = run_cached(stage_task, store, cfg=cfg, **params)
+        return name == until
+
+    if stage("prepare", prepare_task, base=base):
         return records
-    records["shuffle"] = run_cached(shuffle_task, store, cfg=cfg, prepared=records["prepare"], base=base)
-    if until == "shuffle":
+    if stage("shuffle", shuffle_task, prepared=records["prepare"], base=base):
         return records
-    records["discriminator"] = run_cached(discriminator_task, store, cfg=cfg, shuffled=records["shuffle"], base=base)
-    if until == "discriminator":
+    if stage("discriminator", discriminator_task, shuffled=records["shuffle"], base=base):
         return records
-    records["score"] = run_cached(score_task, store, cfg=cfg, prepared=records["prepare"],
-                                  disc=records["discriminator"], base=base)
-    if until == "score":
+    if stage("score", score_task, prepared=records["prepare"], disc=records["discriminator"], base=base):
         return records
-    records["weights"] = run_cached(weights_task, store, cfg=cfg, scored=records["score"],
-                                    prepared=records["prepare"], disc=records["discriminator"], base=base)
+    if stage("weights", weights_task, scored=records["score"], prepared=records["prepare"],
+             disc=records["discriminator"], base=base):
+        return records
+    if stage("finetune", finetune_task, prepared=records["prepare"], weighted=records["weights"], base=base):
+        return records
+    stage("eval", eval_task, prepared=records["prepare"], weighted=records["weights"],
+          model=finetuned_ref(store, cfg.finetune.method, records["finetune"]))
     return records
 
 
-def run_pipeline(cfg: PipelineConfig, until: str = "weights") -> dict[str, dict[str, Any]]:
-    """Run the flow with Prefect's cache records beside the outputs they point at (in a local
-    store, unless the user chose a place), so that wiping the store also forgets them."""
+@flow(name="tokenweight-pipeline", log_prints=True)
+def pipeline(cfg: PipelineConfig, until: str = "eval") -> dict[str, dict[str, Any]]:
+    """Run the stages up to and including `until`; returns each stage's record."""
     store = Store(cfg.store)
+    store.check_writable()
+    return run_stages(cfg, store, base_model_task(cfg), until)
+
+
+def prefect_storage(store: Store):
+    """Prefect's cache records beside the outputs they point at (in a local store, unless the
+    user chose a place), so that wiping the store also forgets them."""
     storage = {"results.local_storage_path": f"{store.root}/_prefect"} if store.is_local else {}
-    with temporary_settings(set_defaults=storage):
+    return temporary_settings(set_defaults=storage)
+
+
+def run_pipeline(cfg: PipelineConfig, until: str = "eval") -> dict[str, dict[str, Any]]:
+    """Run the pipeline flow in Prefect's local mode (see prefect_storage)."""
+    with prefect_storage(Store(cfg.store)):
         return pipeline(cfg, until=until)

@@ -10,13 +10,14 @@ import hashlib
 import importlib.metadata
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from prefect import task
 
-from ..config import BfclSource, FileSource, PipelineConfig, SyntheticSource
+from ..config import BfclSource, FileSource, Gsm8kSource, PipelineConfig, ReasoningGymSource, SyntheticSource
 from ..kernels.chat_encode import EncodeError, encode_conversation
 from ..models import BaseModel, load_tokenizer
 from ..samples import Reject, Sample
@@ -62,11 +63,19 @@ def source_fingerprint(source) -> dict[str, Any]:
             "bfcl_eval": importlib.metadata.version("bfcl-eval"),
             "files": {str(p.name): sha256_file(p) for c in source.categories for p in category_files(c)},
         }
+    if isinstance(source, Gsm8kSource):
+        from ..sources.gsm import gsm8k_test_file
+
+        return {"sha256": sha256_file(gsm8k_test_file())}
+    if isinstance(source, ReasoningGymSource):
+        return {"reasoning_gym": importlib.metadata.version("reasoning-gym")}
     return {}
 
 
 def prepare_key(cfg: PipelineConfig, base: BaseModel) -> str:
     extra = source_fingerprint(cfg.prepare.source)
+    if cfg.prepare.eval_source is not None:
+        extra = {"source": extra, "eval_source": source_fingerprint(cfg.prepare.eval_source)}
     return stage_key(STAGE, VERSION, cfg.prepare.model_dump(mode="json"), {"base_model": base.key}, extra)
 
 
@@ -83,7 +92,26 @@ def read_source(source) -> Any:
         from ..sources.synthetic import generate_synthetic
 
         return generate_synthetic(source.n, source.seed)
+    if isinstance(source, Gsm8kSource):
+        from ..sources.gsm import read_gsm8k_test
+
+        return read_gsm8k_test(source.limit)
+    if isinstance(source, ReasoningGymSource):
+        from ..sources.gsm import generate_gsm_problems
+
+        return generate_gsm_problems(source.n, source.seed)
     raise TypeError(f"unknown source {source!r}")
+
+
+def read_sources(pc) -> Iterator[tuple[Sample | Reject, str | None]]:
+    """(item, fixed split) pairs: with an eval_source, `source` is all train and it all eval."""
+    if pc.eval_source is None:
+        for item in read_source(pc.source):
+            yield item, None
+        return
+    for source, split in ((pc.source, "train"), (pc.eval_source, "eval")):
+        for item in read_source(source):
+            yield item, split
 
 
 def split_of(sample_id: str, seed: int, eval_share: float) -> str:
@@ -106,7 +134,7 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
     truncated, totals = Counter(), Counter()
     shards = 0
     progress = Progress("prepare", None, "samples")
-    for item in read_source(pc.source):
+    for item, fixed_split in read_sources(pc):
         progress.update(1)
         if isinstance(item, Reject):
             rejects.append(item)
@@ -137,7 +165,7 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
         rows.append(
             {
                 "id": item.id,
-                "split": split_of(item.id, pc.split_seed, pc.eval_share),
+                "split": fixed_split or split_of(item.id, pc.split_seed, pc.eval_share),
                 "text": enc.text,
                 "input_ids": enc.input_ids,
                 "offsets": [list(o) for o in enc.offsets],

@@ -1,0 +1,87 @@
+"""Greedy batched generation for the eval stage: transformers `generate` or vLLM.
+
+Prompts are chat-template texts ending in the generation prompt. The hf backend sorts prompts by
+length so each batch pads little, pads on the left (what decoder-only generation needs) and
+returns the answers in the order given. The vllm backend is used where vllm and CUDA are present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def vllm_usable() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def pick_backend(backend: str) -> str:
+    """`auto` -> vllm when it can run here, else hf; an explicit vllm that cannot run is an error."""
+    if backend == "auto":
+        return "vllm" if vllm_usable() else "hf"
+    if backend == "vllm" and not vllm_usable():
+        raise RuntimeError("eval.backend is vllm but vllm or CUDA is not available here; use hf or auto")
+    return backend
+
+
+@torch.no_grad()
+def hf_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+                on_batch: Callable[[int, int], None] | None = None) -> tuple[list[str], list[int]]:
+    """Greedy answers (decoded, special tokens dropped) and their generated token counts."""
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    counts: list[int] = [0] * len(prompts)
+    pad = tokenizer.pad_token_id
+    eos = _stop_ids(tokenizer)
+    device = next(model.parameters()).device
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, i in enumerate(batch):
+            ids[b, width - len(encoded[i]) :] = torch.as_tensor(encoded[i])
+            attn[b, width - len(encoded[i]) :] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                             temperature=None, top_p=None, top_k=None)
+        for b, i in enumerate(batch):
+            new = out[b, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in eos), len(new))
+            counts[i] = cut
+            answers[i] = tokenizer.decode(new[:cut], skip_special_tokens=True)
+        if on_batch:
+            on_batch(len(batch), sum(counts[i] for i in batch))
+    return answers, counts
+
+
+def vllm_generate(model_dir: str, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,
+                  on_batch: Callable[[int, int], None] | None = None) -> tuple[list[str], list[int]]:
+    """Greedy answers from vLLM (continuous batching over all prompts at once)."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_dir, dtype="bfloat16", seed=seed, enforce_eager=False)
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    outputs = llm.generate(list(prompts), params)
+    answers = [o.outputs[0].text for o in outputs]
+    counts = [len(o.outputs[0].token_ids) for o in outputs]
+    if on_batch:
+        on_batch(len(prompts), sum(counts))
+    return answers, counts
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    """End-of-turn ids: the eos token and the chat template's turn end where it differs."""
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)

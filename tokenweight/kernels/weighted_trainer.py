@@ -1,0 +1,134 @@
+"""Token-weighted fine-tuning on the transformers Trainer: sft, rft or a per-token weight column.
+
+The Trainer brings checkpoints, resume after a crash (model, optimizer, scheduler, RNG and the
+position in the epoch), warmup + cosine schedules, mixed precision and multi-device runs. This
+module adds what it lacks for token-level methods:
+
+- `TokenRows` + `collate`: right-padded batches carrying `loss_mask`, `token_class` and `weight`;
+- `WeightedLossTrainer`: the loss of `finetune_losses` with *exact* normalisation over a
+  gradient-accumulation window (and over devices): the window's normaliser (target tokens,
+  sum of weights or samples, by method) is counted once from all its micro-batches, so
+  accumulating k micro-batches gives the same gradient as one batch k times as large;
+- per-logging-step metrics: loss, boilerplate-token loss, reasoning-token loss, tokens/s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from .finetune_losses import METHODS, class_means, loss_sum, normaliser
+from .token_loss import chunked_token_ce, decoder_and_head
+
+
+class TokenRows(torch.utils.data.Dataset):
+    """Rows of {input_ids, loss_mask, token_class, weight} (lists), with lengths for grouping."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]]):
+        self.rows = list(rows)
+        for i, row in enumerate(self.rows):
+            n = len(row["input_ids"])
+            for column in ("loss_mask", "token_class", "weight"):
+                if len(row[column]) != n:
+                    raise ValueError(f"row {i}: {column} has {len(row[column])} values for {n} tokens")
+            if not any(row["loss_mask"][1:]):
+                raise ValueError(f"row {i} has no target token")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+    def lengths(self) -> list[int]:
+        return [len(r["input_ids"]) for r in self.rows]
+
+
+def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: input_ids, attention_mask, loss_mask, token_class, weight."""
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {
+        "input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
+        "loss_mask": torch.zeros((len(rows), width), dtype=torch.long),
+        "token_class": torch.zeros((len(rows), width), dtype=torch.long),
+        "weight": torch.zeros((len(rows), width), dtype=torch.float32),
+    }
+    for b, row in enumerate(rows):
+        n = len(row["input_ids"])
+        out["input_ids"][b, :n] = torch.as_tensor(row["input_ids"])
+        out["attention_mask"][b, :n] = 1
+        for column in ("loss_mask", "token_class", "weight"):
+            out[column][b, :n] = torch.as_tensor(row[column], dtype=out[column].dtype)
+    return out
+
+
+class WeightedLossTrainer(Trainer):
+    """A Trainer whose loss is `method` (sft | rft | weighted) over target tokens.
+
+    Pass `data_collator=partial(collate, pad_id=...)` and `remove_unused_columns=False`.
+    """
+
+    # compute_loss divides by the whole window's normaliser itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, method: str, tau: float = 3.0, chunk_rows: int = 1024, **kwargs: Any):
+        if method not in METHODS:
+            raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(METHODS)}")
+        super().__init__(*args, **kwargs)
+        self.method, self.tau, self.chunk_rows = method, tau, chunk_rows
+        self._tally = torch.zeros(5, dtype=torch.float64)  # loss_b sum, n_b, loss_r sum, n_r, tokens
+        self._tally_since = time.time()
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        """The normaliser of the whole accumulation window, summed over devices."""
+        tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batch_samples)
+        weight = sum(float((b["weight"][:, 1:] * b["loss_mask"][:, 1:]).sum()) for b in batch_samples)
+        samples = sum(int(b["input_ids"].shape[0]) for b in batch_samples)
+        total = torch.tensor(float(normaliser(self.method, tokens, weight, samples)), device=device)
+        if self.args.world_size > 1:
+            total = self.accelerator.gather(total[None]).sum()
+        return total
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        trunk, head = decoder_and_head(self.accelerator.unwrap_model(model))
+        hidden = trunk(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       use_cache=False).last_hidden_state
+        # Position t-1 predicts token t; keep only target positions (flat over the batch).
+        predict = inputs["loss_mask"][:, 1:].bool()
+        losses = chunked_token_ce(hidden[:, :-1][predict], head, inputs["input_ids"][:, 1:][predict],
+                                  self.chunk_rows)
+        classes = inputs["token_class"][:, 1:][predict]
+        weights = inputs["weight"][:, 1:][predict]
+        n_samples = inputs["input_ids"].shape[0]
+        sample_index = torch.arange(n_samples, device=losses.device)[:, None].expand_as(predict)[predict]
+        total = loss_sum(self.method, losses, classes, weights, sample_index, n_samples, self.tau)
+        if num_items_in_batch is None:  # outside training_step (e.g. evaluate): this batch alone
+            num_items_in_batch = normaliser(self.method, losses.numel(), float(weights.sum()), n_samples)
+        loss = total / num_items_in_batch
+        if self.args.world_size > 1:
+            loss = loss * self.args.world_size  # DDP averages gradients over devices
+        self._count(losses.detach(), classes, sample_index, n_samples, int(inputs["attention_mask"].sum()))
+        return (loss, {"losses": losses}) if return_outputs else loss
+
+    @torch.no_grad()
+    def _count(self, losses, classes, sample_index, n_samples: int, tokens: int) -> None:
+        means, counts = class_means(losses.float(), classes, sample_index, n_samples)
+        sums = (means * counts).sum(0).double().cpu()
+        n = counts.sum(0).double().cpu()
+        self._tally += torch.stack([sums[0], n[0], sums[1], n[1], torch.tensor(float(tokens))])
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log step: add the class losses and throughput since the last
+            loss_b, n_b, loss_r, n_r, tokens = self._tally.tolist()
+            now = time.time()
+            logs["loss_boilerplate"] = round(loss_b / n_b, 4) if n_b else float("nan")
+            logs["loss_reasoning"] = round(loss_r / n_r, 4) if n_r else float("nan")
+            logs["tokens_per_s"] = round(tokens / max(now - self._tally_since, 1e-9), 1)
+            self._tally.zero_()
+            self._tally_since = now
+        super().log(logs, start_time)

@@ -1,0 +1,113 @@
+"""compare: one table of every arm's eval metrics against the baseline arm, with paired intervals.
+
+Rows are the arms (and the untuned base model); columns are accuracy and the held-out loss on
+boilerplate and reasoning tokens, each with its difference from the baseline and that
+difference's 95% paired-bootstrap interval over the eval samples, and the training time.
+Written as `table.md` and `table.json`; the flow also posts it as a Prefect table artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from prefect import task
+
+from ..config import PipelineConfig
+from ..paired_bootstrap import paired_difference, ratio
+from ..store import Store, StageWriter, stage_key
+from .common import input_dir, read_manifest, run_stage
+
+STAGE, VERSION = "compare", "1"
+
+# metric -> (numerator column, denominator column): each is a ratio of per-sample sums.
+METRICS = {
+    "accuracy": ("correct", "checked"),
+    "loss_boilerplate": ("loss_boilerplate_sum", "boilerplate_tokens"),
+    "loss_reasoning": ("loss_reasoning_sum", "reasoning_tokens"),
+}
+
+
+def compare_key(cfg: PipelineConfig, evals: dict[str, dict[str, Any]]) -> str:
+    inputs = {name: rec["key"] for name, rec in evals.items()}
+    settings = {"baseline": cfg.compare.baseline, "bootstrap": cfg.compare.bootstrap, "seed": cfg.compare.seed}
+    return stage_key(STAGE, VERSION, settings, inputs)
+
+
+def _columns(table) -> dict[str, np.ndarray]:
+    data = table.to_pydict()
+    correct = data["correct"]
+    cols = {"id": np.asarray(data["id"]),
+            "correct": np.asarray([1.0 if c else 0.0 for c in correct]),
+            "checked": np.asarray([0.0 if c is None else 1.0 for c in correct])}
+    for num, den in list(METRICS.values())[1:]:
+        cols[num] = np.asarray(data[num], dtype=np.float64)
+        cols[den] = np.asarray(data[den], dtype=np.float64)
+    return cols
+
+
+def build_table(per_arm: dict[str, dict[str, np.ndarray]], train: dict[str, dict[str, Any]], baseline: str,
+                resamples: int, seed: int) -> list[dict[str, Any]]:
+    """One row per arm: each metric, its difference from the baseline and the interval."""
+    ref = per_arm[baseline]
+    rows = []
+    for name, cols in per_arm.items():
+        if not np.array_equal(cols["id"], ref["id"]):
+            raise ValueError(f"arm {name!r} was evaluated on other samples than {baseline!r}")
+        row: dict[str, Any] = {"arm": name}
+        for metric, (num, den) in METRICS.items():
+            row[metric] = ratio(cols[num], cols[den])
+            if name != baseline:
+                diff = paired_difference(cols[num], cols[den], ref[num], ref[den], resamples, seed)
+                row[f"{metric}_diff"] = {"value": diff.value, "low": diff.low, "high": diff.high}
+        info = train.get(name)
+        row["train_seconds"] = info["train_seconds"] if info else None
+        row["train_steps"] = info["steps"] if info else None
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], baseline: str, samples: int) -> str:
+    head = ["arm"] + [m for m in METRICS] + ["train time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["arm"]]
+        for metric in METRICS:
+            cell = f"{row[metric]:.4f}"
+            if f"{metric}_diff" in row:
+                d = row[f"{metric}_diff"]
+                cell += f" ({d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}])"
+            cells.append(cell)
+        cells.append(f"{row['train_seconds'] / 60:.1f} min" if row["train_seconds"] is not None else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"\n{samples} eval samples. In brackets: difference from `{baseline}` and its 95% paired-bootstrap "
+            "interval. accuracy: higher is better; held-out losses (nats/token, by token class): lower is better.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def _run(cfg: PipelineConfig, evals: dict[str, dict[str, Any]], finetuned: dict[str, dict[str, Any]],
+         writer: StageWriter):
+    store = Store(cfg.store)
+    per_arm = {name: _columns(pq.read_table(input_dir(store, rec) / "predictions.parquet"))
+               for name, rec in evals.items()}
+    train = {name: read_manifest(input_dir(store, rec))["train"] for name, rec in finetuned.items()}
+    cc = cfg.compare
+    rows = build_table(per_arm, train, cc.baseline, cc.bootstrap, cc.seed)
+    samples = len(per_arm[cc.baseline]["id"])
+    text = markdown(rows, cc.baseline, samples)
+    (writer.dir / "table.md").write_text(text)
+    (writer.dir / "table.json").write_text(json.dumps({"baseline": cc.baseline, "samples": samples, "rows": rows,
+                                                       "evals": {n: r["key"] for n, r in evals.items()}}, indent=2))
+    return writer.commit(inputs={name: rec["key"] for name, rec in evals.items()})
+
+
+def run_compare(cfg: PipelineConfig, evals: dict[str, dict[str, Any]], finetuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return run_stage(Store(cfg.store), STAGE, compare_key(cfg, evals), lambda w: _run(cfg, evals, finetuned, w))
+
+
+@task(name="compare", cache_key_fn=lambda ctx, p: compare_key(p["cfg"], p["evals"]), persist_result=True)
+def compare_task(cfg: PipelineConfig, evals: dict[str, dict[str, Any]], finetuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The comparison table of the arms' eval metrics against the baseline."""
+    return run_compare(cfg, evals, finetuned)
