@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokenweight.config import ModelConfig, parse_config
+from tokenweight.kernels.chat_encode import encode_conversation
 from tokenweight.kernels.score_tokens import score_rows
 from tokenweight.models import load_model, load_tokenizer, resolve_base_model
 from tokenweight.store import MANIFEST, Store, verify_output
@@ -84,3 +85,34 @@ def test_real_bfcl_samples_score_sensibly(smol_store, smol_model, tmp_path):
         call = json.loads(r["meta"])["ground_truth"]
         assert call  # the target is BFCL's ground-truth call
         assert float(loss[mask].mean()) < 5.0, (r["id"], float(loss[mask].mean()))
+
+
+def test_a_few_rft_steps_on_real_bfcl_answers_lower_their_loss_and_the_answers_check(smol_store, tmp_path):
+    """SmolLM2, 8 BFCL questions: 4 rft steps on the top blocks lower the loss of those answers, and
+    the ground-truth answers pass the eval stage's BFCL check."""
+    from tokenweight.config import FinetuneConfig
+    from tokenweight.sources.bfcl import answer_text, read_bfcl
+    from tokenweight.tasks.eval import check_answer, heldout_losses
+    from tokenweight.tasks.finetune import train_model
+
+    store, base = smol_store
+    tokenizer = load_tokenizer(base.path)
+    samples = list(read_bfcl(["simple_python"], 8))
+    rows = []
+    for s in samples:
+        enc = encode_conversation(tokenizer, s.messages)
+        # Values (digits, letters inside the call) as reasoning, punctuation as boilerplate: a fixed split.
+        classes = [int(any(ch.isalnum() for ch in tokenizer.decode([t]))) for t in enc.input_ids]
+        rows.append({"input_ids": enc.input_ids, "loss_mask": enc.loss_mask, "token_class": classes,
+                     "weight": [1.0] * len(enc.input_ids)})
+        assert check_answer(answer_text(s.meta["ground_truth"]), s.meta)[1] is True
+    fc = FinetuneConfig(method="rft", max_steps=4, batch_size=4, grad_accum=1, learning_rate=2e-4,
+                        warmup_share=0.0, train_layers=6)
+    before = heldout_losses(load_model(base.path), rows, tokenizer.pad_token_id, 4096)
+    model, _, info = train_model(fc, rows, base.path, tmp_path / "work")
+    after = heldout_losses(model, rows, tokenizer.pad_token_id, 4096)
+    assert info["steps"] == 4
+    def mean(losses):  # over both classes: loss sums / token counts
+        return (losses[:, 0].sum() + losses[:, 2].sum()) / (losses[:, 1].sum() + losses[:, 3].sum())
+
+    assert mean(after) < 0.8 * mean(before), (mean(before), mean(after))

@@ -18,19 +18,9 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-# BFCL's Python AST categories: their answers are Python calls checked with Language.PYTHON.
-# Java and JavaScript categories are left out: BFCL checks them on Java/JS source strings,
-# which our Python-literal answers are not.
-SUPPORTED_CATEGORIES = (
-    "simple_python",
-    "multiple",
-    "parallel",
-    "parallel_multiple",
-    "live_simple",
-    "live_multiple",
-    "live_parallel",
-    "live_parallel_multiple",
-)
+# The categories our BFCL source reads: Python calls, checked with Language.PYTHON.
+from tokenweight.sources.bfcl import SUPPORTED_CATEGORIES
+
 # The model name the checker is told. It only looks the name up in MODEL_CONFIG_MAPPING to ask
 # whether dots in function names must become underscores; ours keeps dots. No "_" in it: the
 # checker turns "_" into "/" before the lookup.

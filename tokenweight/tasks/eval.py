@@ -12,7 +12,6 @@ plots. Writes `predictions.parquet` (one row per sample, with what the paired bo
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -107,7 +106,8 @@ def check_answer(answer: str, meta: dict[str, Any]) -> tuple[str, bool | None, s
 
 
 @torch.no_grad()
-def heldout_losses(model, rows: list[dict[str, Any]], pad_id: int, batch_tokens: int) -> np.ndarray:
+def heldout_losses(model, rows: list[dict[str, Any]], pad_id: int, batch_tokens: int,
+                   progress: Progress | None = None) -> np.ndarray:
     """(n, 4): per sample the loss sum and token count of boilerplate, then of reasoning."""
     out = np.zeros((len(rows), 4))
     device = next(model.parameters()).device
@@ -122,6 +122,8 @@ def heldout_losses(model, rows: list[dict[str, Any]], pad_id: int, batch_tokens:
                 sel = target & (cls == c)
                 out[i, 2 * c] = losses[b, :n][sel].sum()
                 out[i, 2 * c + 1] = sel.sum()
+        if progress:
+            progress.update(len(batch))
     return out
 
 
@@ -158,9 +160,9 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any]
     model = load_model(model_info["path"], cfg.model.trust_remote_code)
     if torch.cuda.is_available():
         model = model.to("cuda", dtype=torch.bfloat16)
-    started = time.time()
-    losses = heldout_losses(model, rows, tokenizer.pad_token_id, ec.loss_batch_tokens)
-    loss_seconds = time.time() - started
+    progress = Progress(f"eval[{model_info['name']}] held-out loss", len(rows), "samples")
+    losses = heldout_losses(model, rows, tokenizer.pad_token_id, ec.loss_batch_tokens, progress)
+    loss_seconds = progress.close()
 
     prompts = [prompt_text(tokenizer, json.loads(r["messages"])) for r in rows]
     progress = Progress(f"eval[{model_info['name']}] generate", len(prompts), "samples")
@@ -170,7 +172,6 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any]
         generated["tokens"] += tokens
         progress.update(samples, new_tokens=generated["tokens"])
 
-    started = time.time()
     if backend == "vllm":
         del model
         answers, new_tokens = vllm_generate(model_info["path"], prompts, ec.max_new_tokens, on_batch=on_batch)
