@@ -133,3 +133,33 @@ def test_split_is_stable_and_roughly_the_share():
     assert 0.16 < splits.count("eval") / len(ids) < 0.24
     assert split_of("a", 0, 0.0) == "train"
     assert [split_of(i, 1, 0.2) for i in ids] != splits  # the seed matters
+
+
+def test_an_eval_source_is_the_whole_eval_split_and_part_of_the_key(tiny_model_dir, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [good(i) for i in range(6)])
+    held_out = write_jsonl(tmp_path / "eval.jsonl", [{**good(i), "id": f"e{i}"} for i in range(3)])
+    cfg = pipeline_config(tiny_model_dir, tmp_path / "store", {"kind": "file", "path": train},
+                          prepare={"eval_source": {"kind": "file", "path": held_out}, "eval_share": 0.5})
+    base = resolve_base_model(cfg.model, Store(cfg.store))
+    record = run_prepare(cfg, base)
+    rows = pq.read_table(os.path.join(record["uri"], "part-00000.parquet"), columns=["id", "split"]).to_pylist()
+    assert {r["id"]: r["split"] for r in rows} == {**{f"g{i}": "train" for i in range(6)},
+                                                   **{f"e{i}": "eval" for i in range(3)}}
+    counts = json.load(open(os.path.join(record["uri"], "_manifest.json")))["counts"]
+    assert (counts["train"], counts["eval"]) == (6, 3)
+    key = prepare_key(cfg, base)
+    with open(held_out, "a") as f:
+        f.write(json.dumps({**good(9), "id": "e9"}) + "\n")
+    assert prepare_key(cfg, base) != key  # an edited eval file re-runs prepare
+
+
+def test_gsm8k_and_reasoning_gym_sources_prepare(tiny_model_dir, tmp_path):
+    cfg = pipeline_config(tiny_model_dir, tmp_path / "store", {"kind": "reasoning_gym", "n": 5, "seed": 3},
+                          prepare={"eval_source": {"kind": "gsm8k", "limit": 4}})
+    base = resolve_base_model(cfg.model, Store(cfg.store))
+    record = run_prepare(cfg, base)
+    rows = pq.read_table(os.path.join(record["uri"], "part-00000.parquet")).to_pylist()
+    assert [r["split"] for r in rows] == ["train"] * 5 + ["eval"] * 4
+    for row in rows:
+        answer = json.loads(row["meta"])["answer"]
+        assert row["text"].rstrip().endswith(f"The answer is {answer}.<|im_end|>")

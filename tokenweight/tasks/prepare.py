@@ -68,7 +68,10 @@ def source_fingerprint(source) -> dict[str, Any]:
 
         return {"sha256": sha256_file(gsm8k_test_file())}
     if isinstance(source, ReasoningGymSource):
-        return {"reasoning_gym": importlib.metadata.version("reasoning-gym")}
+        from ..sources.gsm import gsm_symbolic_files, reasoning_gym_version
+
+        return {"reasoning_gym": reasoning_gym_version(),
+                "files": {p.name: sha256_file(p) for p in gsm_symbolic_files()}}
     return {}
 
 
