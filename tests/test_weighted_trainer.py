@@ -115,3 +115,14 @@ def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupt
     a, b = _params(straight), _params(resumed)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_a_window_of_zero_weights_takes_no_step(tiny_model_dir, smol_tokenizer, tmp_path):
+    rows = _rows(smol_tokenizer, 4)
+    for row in rows:
+        row["weight"] = [0.0] * len(row["weight"])
+    probe = _Grads()
+    model, _, info = train_model(_config(method="weighted", batch_size=4, grad_accum=1, max_steps=1), rows,
+                                 tiny_model_dir, tmp_path / "w", callbacks=[probe])
+    assert all(torch.count_nonzero(g) == 0 for g in probe.grads.values())
+    assert info["train_loss"] == 0.0

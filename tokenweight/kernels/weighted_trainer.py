@@ -92,7 +92,8 @@ class WeightedLossTrainer(Trainer):
         total = torch.tensor(float(normaliser(self.method, tokens, weight, samples)), device=device)
         if self.args.world_size > 1:
             total = self.accelerator.gather(total[None]).sum()
-        return total
+        # A window whose weights are all zero has a zero loss sum: keep it zero, not 0/0.
+        return torch.where(total == 0, torch.ones_like(total), total)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         trunk, head = decoder_and_head(self.accelerator.unwrap_model(model))
