@@ -126,3 +126,14 @@ def test_a_window_of_zero_weights_takes_no_step(tiny_model_dir, smol_tokenizer, 
                                  tiny_model_dir, tmp_path / "w", callbacks=[probe])
     assert all(torch.count_nonzero(g) == 0 for g in probe.grads.values())
     assert info["train_loss"] == 0.0
+
+
+def test_unknown_classes_train_sft_without_class_logs_and_are_refused_by_rft(tiny_model_dir, smol_tokenizer, tmp_path):
+    rows = _rows(smol_tokenizer, 4)
+    for row in rows:
+        row["token_class"] = [-1] * len(row["input_ids"])
+    _, _, info = train_model(_config(method="sft", max_steps=1), rows, tiny_model_dir, tmp_path / "sft")
+    logged = next(h for h in info["log_history"] if "loss" in h)
+    assert "loss_boilerplate" not in logged and "loss_reasoning" not in logged and logged["tokens_per_s"] > 0
+    with pytest.raises(ValueError, match="rft needs a class .* row 0"):
+        train_model(_config(method="rft", max_steps=1), rows, tiny_model_dir, tmp_path / "rft")

@@ -9,7 +9,8 @@ module adds what it lacks for token-level methods:
   gradient-accumulation window (and over devices): the window's normaliser (target tokens,
   sum of weights or samples, by method) is counted once from all its micro-batches, so
   accumulating k micro-batches gives the same gradient as one batch k times as large;
-- per-logging-step metrics: loss, boilerplate-token loss, reasoning-token loss, tokens/s.
+- per-logging-step metrics: loss, boilerplate-token loss, reasoning-token loss (where the
+  classes are known), tokens/s.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from .token_loss import chunked_token_ce, decoder_and_head
 
 
 class TokenRows(torch.utils.data.Dataset):
-    """Rows of {input_ids, loss_mask, token_class, weight} (lists), with lengths for grouping."""
+    """Rows of {input_ids, loss_mask, token_class, weight} (lists), with lengths for grouping.
+
+    token_class is 0 boilerplate, 1 reasoning, -1 unknown (sft on data without classes: then
+    the class losses are not logged)."""
 
     def __init__(self, rows: Sequence[dict[str, Any]]):
         self.rows = list(rows)
@@ -46,6 +50,13 @@ class TokenRows(torch.utils.data.Dataset):
 
     def lengths(self) -> list[int]:
         return [len(r["input_ids"]) for r in self.rows]
+
+    def first_unclassified(self) -> int | None:
+        """The first row with a target token whose class is neither 0 nor 1, if any."""
+        for i, row in enumerate(self.rows):
+            if any(m and c not in (0, 1) for m, c in zip(row["loss_mask"][1:], row["token_class"][1:])):
+                return i
+        return None
 
 
 def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -80,6 +91,10 @@ class WeightedLossTrainer(Trainer):
         if method not in METHODS:
             raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(METHODS)}")
         super().__init__(*args, **kwargs)
+        if method == "rft" and isinstance(self.train_dataset, TokenRows):
+            row = self.train_dataset.first_unclassified()
+            if row is not None:
+                raise ValueError(f"rft needs a class (0 or 1) on every target token; row {row} has another")
         self.method, self.tau, self.chunk_rows = method, tau, chunk_rows
         self._tally = torch.zeros(5, dtype=torch.float64)  # loss_b sum, n_b, loss_r sum, n_r, tokens
         self._tally_since = time.time()
@@ -118,7 +133,8 @@ class WeightedLossTrainer(Trainer):
 
     @torch.no_grad()
     def _count(self, losses, classes, sample_index, n_samples: int, tokens: int) -> None:
-        means, counts = class_means(losses.float(), classes, sample_index, n_samples)
+        known = classes >= 0
+        means, counts = class_means(losses[known].float(), classes[known], sample_index[known], n_samples)
         sums = (means * counts).sum(0).double().cpu()
         n = counts.sum(0).double().cpu()
         self._tally += torch.stack([sums[0], n[0], sums[1], n[1], torch.tensor(float(tokens))])
@@ -127,8 +143,10 @@ class WeightedLossTrainer(Trainer):
         if "loss" in logs:  # a training log step: add the class losses and throughput since the last
             loss_b, n_b, loss_r, n_r, tokens = self._tally.tolist()
             now = time.time()
-            logs["loss_boilerplate"] = round(loss_b / n_b, 4) if n_b else float("nan")
-            logs["loss_reasoning"] = round(loss_r / n_r, 4) if n_r else float("nan")
+            if n_b:
+                logs["loss_boilerplate"] = round(loss_b / n_b, 4)
+            if n_r:
+                logs["loss_reasoning"] = round(loss_r / n_r, 4)
             logs["tokens_per_s"] = round(tokens / max(now - self._tally_since, 1e-9), 1)
             self._tally.zero_()
             self._tally_since = now

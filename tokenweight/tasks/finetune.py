@@ -44,7 +44,8 @@ def finetune_key(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[s
 
 
 def train_rows(directory: Path, with_weights: bool) -> list[dict[str, Any]]:
-    """The train split's rows; without the weights stage every token is class 0 with weight 1."""
+    """The train split's rows; without the weights stage every token's class is unknown (-1) and
+    its weight 1."""
     columns = ["split", "input_ids", "loss_mask"] + (["token_class", "weight"] if with_weights else [])
     rows = []
     for _, table in iter_shards(directory, columns):
@@ -52,7 +53,7 @@ def train_rows(directory: Path, with_weights: bool) -> list[dict[str, Any]]:
             if row.pop("split") != "train":
                 continue
             if not with_weights:
-                row["token_class"] = [0] * len(row["input_ids"])
+                row["token_class"] = [-1] * len(row["input_ids"])
                 row["weight"] = [1.0] * len(row["input_ids"])
             rows.append(row)
     if not rows:
@@ -65,11 +66,10 @@ class _LogToRun(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            logger().info(
-                "finetune: step %d/%d loss %.4f boilerplate %.4f reasoning %.4f lr %.2e %.0f tok/s",
-                state.global_step, state.max_steps, logs["loss"], logs.get("loss_boilerplate", float("nan")),
-                logs.get("loss_reasoning", float("nan")), logs.get("learning_rate", 0.0), logs.get("tokens_per_s", 0.0),
-            )
+            classes = "".join(f" {name} {logs[f'loss_{name}']:.4f}" for name in ("boilerplate", "reasoning")
+                              if f"loss_{name}" in logs)
+            logger().info("finetune: step %d/%d loss %.4f%s lr %.2e %.0f tok/s", state.global_step, state.max_steps,
+                          logs["loss"], classes, logs.get("learning_rate", 0.0), logs.get("tokens_per_s", 0.0))
 
 
 def training_arguments(fc: FinetuneConfig, output_dir: Path) -> TrainingArguments:
