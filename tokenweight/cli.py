@@ -22,27 +22,27 @@ from .store import Store
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenweight", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the SHAD pipeline on a config")
+    run = sub.add_parser("run", help="run the pipeline on a config")
     run.add_argument("config", help="pipeline config (YAML), e.g. configs/demo.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override a config value (repeatable), e.g. --set discriminator.learning_rate=3e-4")
-    run.add_argument("--store", help="fsspec URL of the store (overrides `store`)")
-    run.add_argument("--data", help="a JSONL or Parquet file to use instead of the configured source")
+    _config_options(run)
     run.add_argument("--until", choices=STAGES, default="eval", help="stop after this stage")
-    run.add_argument("--debug", action="store_true", help="show tracebacks")
     compare = sub.add_parser("compare", help="train several fine-tune arms (default sft, rft) and compare them")
     compare.add_argument("config", help="pipeline config (YAML) with a compare section, e.g. configs/bfcl-smollm2.yaml")
-    for flag, kw in (("--set", dict(dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                                    help="override a config value (repeatable)")),
-                     ("--store", dict(help="fsspec URL of the store (overrides `store`)")),
-                     ("--data", dict(help="a JSONL or Parquet file to use instead of the configured source")),
-                     ("--debug", dict(action="store_true", help="show tracebacks"))):
-        compare.add_argument(flag, **kw)
+    _config_options(compare)
     roles = sub.add_parser("roles", help="compare a run's token classes with known token roles")
     roles.add_argument("weights_dir", help="a finished weights output, {store}/weights/{key}")
     roles.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
     roles.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _config_options(command: argparse.ArgumentParser) -> None:
+    """The options `run` and `compare` share: what build_config reads, and --debug."""
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a config value (repeatable), e.g. --set discriminator.learning_rate=3e-4")
+    command.add_argument("--store", help="fsspec URL of the store (overrides `store`)")
+    command.add_argument("--data", help="a JSONL or Parquet file to use instead of the configured source")
+    command.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def build_config(args: argparse.Namespace):
