@@ -138,6 +138,12 @@ class ScoreConfig(_Strict):
     )
     seed: int = Field(0, description="Seed of the foreign pairing.")
     chunk_rows: int = Field(1024, ge=1, description="Target positions per chunk of the LM head + CE.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Precision of the models while scoring (on a GPU when one is present). `bfloat16` "
+        "scored 2.9x as fast as float32 on an H100 (benchmarks/scoring), with bf16 rounding in every "
+        "block: its per-token losses are close to, not equal to, float32's.",
+    )
 
 
 class WeightsConfig(_Strict):

@@ -31,20 +31,22 @@ def score_rows(
     elsewhere. Each batch is read once and run through every model. `shared_top_layers`: the
     models share all but their top this-many blocks (checked), so the bottom runs once."""
     out = {name: [None] * len(rows) for name in models}
+    device = next(iter(models.values())).device
     splits = _shared_splits(models, shared_top_layers) if shared_top_layers else None
     first = next(iter(splits.values())) if splits else None  # computes the shared bottom
     for n, batch in enumerate(length_batches([len(r) for r in rows], batch_tokens)):
-        ids, attn, loss_mask = pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id)
+        ids, attn, loss_mask = (t.to(device) for t in pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id))
         if splits is not None:
             if n == 0:
                 check_split(first, ids, attn)
             bottom = first.bottom(ids, attn)
         for name, model in models.items():
             if splits is None:
-                losses = target_token_losses(model, ids, attn, loss_mask, chunk_rows).numpy()
+                losses = target_token_losses(model, ids, attn, loss_mask, chunk_rows)
             else:
                 top = splits[name].top(bottom, attn)
-                losses = losses_from_hidden(top, splits[name].head, ids, loss_mask, chunk_rows).numpy()
+                losses = losses_from_hidden(top, splits[name].head, ids, loss_mask, chunk_rows)
+            losses = losses.cpu().numpy()
             for b, i in enumerate(batch):
                 out[name][i] = losses[b, : len(rows[i])].copy()
         if on_batch is not None:

@@ -44,10 +44,13 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
     store = Store(cfg.store)
     prep_dir, disc_dir = input_dir(store, prepared), input_dir(store, disc)
     tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, cfg.score.dtype)
     models = {"base": load_model(base.path, cfg.model.trust_remote_code)}
     disc_manifest = read_manifest(disc_dir)
     for name in disc_manifest["trained"]:
         models[name] = load_model(str(disc_dir / name), cfg.model.trust_remote_code)
+    models = {name: m.to(device=device, dtype=dtype).eval() for name, m in models.items()}
     sc, shared = cfg.score, disc_manifest["config"]["train_layers"]
     foreign = sc.disc_context == "foreign"
     # In its own context the discriminator reads the same batches as the others; in a foreign one,
@@ -82,7 +85,8 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
     seconds = progress.close()
     counts = {"tokens": tokens, "models": list(models),
               "disc_context": sc.disc_context, "disc_own_input": own_input,
-              "tokens_per_s": round(total / max(seconds, 1e-9), 1), "threads": torch.get_num_threads()}
+              "tokens_per_s": round(total / max(seconds, 1e-9), 1), "threads": torch.get_num_threads(),
+              "device": device}
     logger().info("score: %s in %.1fs", counts, seconds)
     inputs = {"prepare": prepared["key"], "discriminator": disc["key"], "base_model": base.key}
     return writer.commit(counts=counts, config=cfg.score.model_dump(mode="json"), inputs=inputs)
