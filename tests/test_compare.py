@@ -73,14 +73,17 @@ def test_the_table_has_each_metric_with_an_interval_against_sft(compare_run):
 def test_the_table_is_a_prefect_artifact(compare_run):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     cfg, store, result = compare_run
 
     async def latest():
+        # Other tests' compare runs publish under the same key: take the newest, by creation time.
         async with get_client() as client:
             found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tokenweight-compare"])))
-            return found[-1]
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tokenweight-compare"])),
+                sort=ArtifactSort.CREATED_DESC, limit=1)
+            return found[0]
 
     import asyncio
 
