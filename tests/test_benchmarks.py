@@ -1,0 +1,61 @@
+"""benchmarks/: the harness measures what it claims, and the naive baseline computes what ours does
+(the benchmarks themselves run on demand, not here)."""
+
+import numpy as np
+import torch
+from transformers import LlamaConfig
+
+from benchmarks import inputs
+from benchmarks.harness import Measured, PeakMemory, isolated, print_table
+from benchmarks.scoring import must_do_flops, naive_scores
+from tokenweight.kernels.score_tokens import score_rows
+
+
+def test_peak_memory_sees_an_allocation_made_and_freed_inside_the_block():
+    with PeakMemory() as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert 56 * 2**20 <= mem.peak <= 200 * 2**20
+    with PeakMemory() as idle:
+        pass
+    assert idle.peak < 16 * 2**20
+
+
+def _measure_in_child(n: int) -> Measured:
+    return Measured([float(n)], 0, {"pid": __import__("os").getpid()})
+
+
+def test_isolated_runs_in_another_process_and_returns_its_result():
+    got = isolated(_measure_in_child, n=3)
+    assert got.seconds == [3.0] and got.extra["pid"] != __import__("os").getpid()
+
+
+def test_naive_scorer_equals_score_rows(tiny_model, smol_tokenizer):
+    """The baseline is a correct scorer: same per-token losses as ours, row by row."""
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 1000, (n,), generator=g).tolist() for n in (5, 17, 1, 9, 12)]
+    masks = [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]
+    other = inputs.tuned_copy(tiny_model, top_layers=1, seed=1)
+    models = {"base": tiny_model.eval(), "tuned": other.eval()}
+    ours = score_rows(models, rows, masks, smol_tokenizer.pad_token_id, batch_tokens=40, shared_top_layers=1)
+    naive = naive_scores(models, rows, masks, smol_tokenizer.pad_token_id, batch_rows=2)
+    for name in models:
+        for a, b in zip(ours[name], naive[name]):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(np.concatenate(ours["base"]), np.concatenate(ours["tuned"]))
+
+
+def test_must_do_flops_by_hand():
+    config = LlamaConfig(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1)
+    rows, masks = [[1, 2, 3]], [[0, 1, 1]]
+    # per token per block: 2*(q 4*4 + k,v 2*4*2 + o 4*4 + mlp 3*4*8) = 2*(16+16+16+96) = 288
+    # attention per block: 2 * q(4) * T(3) * (T+1)(4) = 96; a block on the row: 288*3 + 96 = 960
+    # 2 models sharing 1 bottom block: 1 + 2*2 = 5 blocks; head: 2 models * 2*4*10 * 2 targets = 320
+    assert must_do_flops(config, rows, masks, n_models=2, shared_bottom_layers=1) == 5 * 960 + 320
+
+
+def test_print_table_aligns_columns(capsys):
+    print_table("t", ["a", "bb"], [["xxx", 1]])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1] == "| a   | bb |" and lines[3] == "| xxx | 1  |"
