@@ -22,6 +22,7 @@ import torch
 
 from tokenweight.kernels.batching import pad_batch
 from tokenweight.kernels.score_tokens import score_rows
+from tokenweight.kernels.token_loss import reference_token_losses
 
 from . import inputs
 from .harness import Measured, isolated, matmul_flops, mib, print_table, record, repeat, set_threads
@@ -38,11 +39,7 @@ def naive_scores(models, rows, masks, pad_id: int, batch_rows: int) -> dict[str,
         for start in range(0, len(rows), batch_rows):
             batch = rows[start : start + batch_rows]
             ids, attn, mask = (t.to(device) for t in pad_batch(batch, masks[start : start + batch_rows], pad_id))
-            logits = model(input_ids=ids, attention_mask=attn).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
-            losses = torch.zeros(ids.shape, dtype=torch.float32, device=device)
-            losses[:, 1:] = nll * mask[:, 1:]
+            losses = reference_token_losses(model, ids, attn, mask)
             out[name] += [losses[b, : len(r)].cpu().numpy() for b, r in enumerate(batch)]
     return out
 

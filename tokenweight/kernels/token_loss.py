@@ -106,10 +106,11 @@ def target_token_losses(
 
 
 def reference_token_losses(model, input_ids, attention_mask, loss_mask) -> torch.Tensor:
-    """The plain reference: a full forward, full logits, log_softmax, gather. The test oracle."""
+    """The plain reference: a full forward, full logits, log_softmax, gather. The test oracle, and
+    the inner loop of the naive scorer in benchmarks/scoring.py."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()  # (B, T, V)
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
     nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
-    out = torch.zeros(input_ids.shape, dtype=torch.float32)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, 1:] = nll * loss_mask[:, 1:]
     return out
