@@ -89,7 +89,8 @@ def test_too_many_rejects_stops_with_the_first_reject_and_writes_nothing(tiny_mo
     store = Store(cfg.store)
     key = prepare_key(cfg, base)
     assert store.manifest("prepare", key) is None
-    assert os.listdir(store.stage_uri("prepare", key)) == []  # no staged files left behind
+    assert not os.path.exists(store.stage_uri("prepare", key))
+    assert not store.work_dir("prepare", key).exists()  # no staged files left behind
 
 
 def test_right_truncation_keeps_the_sample_and_counts_it(tiny_model_dir, tmp_path):

@@ -43,7 +43,7 @@ def test_gguf_is_converted_once_into_the_store(smol_store):
     assert os.path.isfile(manifest_path)
     assert os.path.isfile(os.path.join(base.path, "model.safetensors"))
     assert base.path == store.stage_uri("base_model", base.key)
-    manifest = verify_output(store, "base_model", base.key)
+    manifest, _ = verify_output(store, "base_model", base.key)
     assert manifest["model"] == "smollm2-135m-instruct" and "model.safetensors" in manifest["files"]
     mtime = os.stat(manifest_path).st_mtime_ns
     again = resolve_base_model(ModelConfig(), store)

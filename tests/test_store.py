@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -55,10 +56,10 @@ def test_files_appear_only_after_commit(tmp_path):
     for rel, meta in manifest["files"].items():
         assert meta["bytes"] == os.path.getsize(f"{uri}/{rel}")
         assert meta["sha256"] == sha256_file(f"{uri}/{rel}")
-    assert verify_output(store, "prepare", "k1") == manifest
+    assert verify_output(store, "prepare", "k1") == (manifest, Path(uri))
 
 
-def test_leaving_without_commit_leaves_no_manifest_and_no_temp_dir(tmp_path):
+def test_leaving_without_commit_leaves_no_output_and_no_staging(tmp_path):
     store = Store(str(tmp_path))
     with pytest.raises(RuntimeError):
         with store.begin("score", "k2") as w:
@@ -66,10 +67,10 @@ def test_leaving_without_commit_leaves_no_manifest_and_no_temp_dir(tmp_path):
             raise RuntimeError("crash mid-stage")
     uri = store.stage_uri("score", "k2")
     assert store.manifest("score", "k2") is None
-    assert os.listdir(uri) == []
+    assert not os.path.exists(uri) and not w.dir.exists()
     with store.begin("score", "k2") as w:
         pass  # a clean exit without commit too
-    assert os.listdir(uri) == []
+    assert not os.path.exists(uri) and not w.dir.exists()
     with pytest.raises(StoreError, match="never finished"):
         verify_output(store, "score", "k2")
 
@@ -138,13 +139,107 @@ def test_check_writable(tmp_path):
         Store(str(blocker / "sub")).check_writable()
 
 
-def test_memory_store_round_trip():
+def test_memory_store_round_trip(tmp_path, monkeypatch):
     """A non-local fsspec store: files are uploaded, the manifest is written last and readable."""
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path / "cache"))
     store = Store("memory://tw-test-store")
     assert not store.is_local
     with store.begin("prepare", "km") as w:
         (w.dir / "part-00000.parquet").write_bytes(b"data!")
         w.commit(counts={"rows": 1})
-    manifest = verify_output(store, "prepare", "km")
+    manifest, local = verify_output(store, "prepare", "km")
+    assert (local / "part-00000.parquet").read_bytes() == b"data!"
     assert manifest["files"]["part-00000.parquet"]["bytes"] == 5
     assert store.fs.cat(f"{store.stage_uri('prepare', 'km')}/part-00000.parquet") == b"data!"
+
+
+def test_a_resumable_writer_keeps_finished_shards_across_a_crash_and_drops_the_rest(tmp_path):
+    import pyarrow as pa
+
+    store = Store(str(tmp_path))
+    table = pa.table({"x": list(range(10))})
+    with pytest.raises(RuntimeError):
+        with store.begin("score", "kr", resumable=True) as w:
+            w.write_shard(0, table)
+            w.write_shard(1, table)
+            (w.dir / ".tmp-part-00002.parquet").write_bytes(b"PAR1 half")  # what a kill mid-write leaves
+            (w.dir / "notes.json").write_text("{}")
+            raise RuntimeError("crash")
+    with store.begin("score", "kr", resumable=True) as w:
+        assert w.done_shards() == {0, 1}
+        assert sorted(p.name for p in w.dir.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+        w.write_shard(2, table)
+        w.commit()
+    _, local = verify_output(store, "score", "kr")
+    assert sorted(p.name for p in local.glob("part-*")) == [f"part-0000{i}.parquet" for i in range(3)]
+    with store.begin("prepare", "kn") as w:  # a stage that is not resumable starts clean
+        w.write_shard(0, table)
+    with store.begin("prepare", "kn") as w:
+        assert w.done_shards() == set()
+
+
+def test_a_half_published_output_is_not_an_output_and_its_shards_are_taken_back(tmp_path):
+    import pyarrow as pa
+
+    store = Store(str(tmp_path))
+    uri = store.stage_uri("weights", "kh")
+    with store.begin("weights", "kh", resumable=True) as w:
+        w.write_shard(0, pa.table({"x": [1]}))
+        os.makedirs(uri)
+        os.replace(w.dir / "part-00000.parquet", f"{uri}/part-00000.parquet")  # moved, then killed
+    open(f"{uri}/summary.json", "w").write("{}")
+    with store.begin("weights", "kh", resumable=True) as w:
+        assert w.done_shards() == {0}
+        assert not os.path.exists(uri)
+
+
+def test_verify_output_checks_sha256_and_refuses_links_out_of_the_store(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    with store.begin("prepare", "ks") as w:
+        (w.dir / "a.bin").write_bytes(b"0123456789")
+        w.commit()
+    uri = store.stage_uri("prepare", "ks")
+    with open(f"{uri}/a.bin", "r+b") as f:
+        f.write(b"X")  # same size, other content
+    with pytest.raises(StoreError, match="a.bin does not match its manifest's sha256"):
+        verify_output(store, "prepare", "ks")
+    secret = tmp_path / "outside.bin"
+    secret.write_bytes(b"0123456789")
+    os.remove(f"{uri}/a.bin")
+    os.symlink(secret, f"{uri}/a.bin")
+    with pytest.raises(StoreError, match="leads out of the stage output"):
+        verify_output(store, "prepare", "ks")
+
+
+def test_a_symlink_is_never_committed(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    (tmp_path / "elsewhere").write_text("x")
+    with store.begin("eval", "kl") as w:
+        os.symlink(tmp_path / "elsewhere", w.dir / "link.txt")
+        with pytest.raises(StoreError, match="may not contain symlinks"):
+            w.commit()
+    assert store.manifest("eval", "kl") is None
+
+
+def test_a_store_url_with_a_password_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="holds a password") as err:
+        Store("s3://AKIAEXAMPLE:s3cr3t-value@bucket/runs")
+    assert "s3cr3t-value" not in str(err.value)
+
+
+def test_sweep_removes_the_temporary_files_of_dead_runs_only(tmp_path):
+    store = Store(str(tmp_path))
+    dead = tmp_path / "_work" / "score" / "kd" / "out"
+    dead.mkdir(parents=True)
+    (dead / ".tmp-part-00003.parquet").write_bytes(b"half")
+    (dead / "part-00000.parquet").write_bytes(b"whole")  # kept: a rerun resumes from it
+    old_style = tmp_path / "weights" / "kw" / ".tmp-abc"
+    old_style.mkdir(parents=True)
+    live = tmp_path / "_work" / "score" / "kl" / "out"
+    live.mkdir(parents=True)
+    (live / ".tmp-part-00000.parquet").write_bytes(b"being written")
+    (tmp_path / ".tmp-probe-1").write_bytes(b"")
+    with store.lock("score", "kl"):
+        removed = store.sweep_orphans()
+    assert sorted(removed) == sorted(map(str, [dead / ".tmp-part-00003.parquet", old_style, tmp_path / ".tmp-probe-1"]))
+    assert (dead / "part-00000.parquet").exists() and (live / ".tmp-part-00000.parquet").exists()

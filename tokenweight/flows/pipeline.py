@@ -17,6 +17,7 @@ from prefect.settings import temporary_settings
 from ..config import STAGES, PipelineConfig
 from ..models import BaseModel, resolve_base_model
 from ..store import Store
+from ..tasks.common import logger
 from ..tasks.discriminator import discriminator_task
 from ..tasks.eval import eval_task, finetuned_ref
 from ..tasks.finetune import finetune_task
@@ -75,9 +76,18 @@ def run_stages(cfg: PipelineConfig, store: Store, base: BaseModel, until: str) -
 @flow(name="tokenweight-pipeline", log_prints=True)
 def pipeline(cfg: PipelineConfig, until: str = "eval") -> dict[str, dict[str, Any]]:
     """Run the stages up to and including `until`; returns each stage's record."""
+    store = open_store(cfg)
+    return run_stages(cfg, store, base_model_task(cfg), until)
+
+
+def open_store(cfg: PipelineConfig) -> Store:
+    """The run's store, checked writable and cleared of the temporary files of crashed runs."""
     store = Store(cfg.store)
     store.check_writable()
-    return run_stages(cfg, store, base_model_task(cfg), until)
+    removed = store.sweep_orphans()
+    if removed:
+        logger().info("store: removed %d temporary files left by interrupted runs", len(removed))
+    return store
 
 
 def prefect_storage(store: Store):

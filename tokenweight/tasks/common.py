@@ -27,16 +27,61 @@ def logger() -> logging.Logger:
         return logging.getLogger("tokenweight")
 
 
-def run_stage(store: Store, stage: str, key: str, work: Callable[[StageWriter], StageRecord]) -> dict[str, Any]:
+def run_stage(store: Store, stage: str, key: str, work: Callable[[StageWriter], StageRecord],
+              resumable: bool = False) -> dict[str, Any]:
     """Return the finished output for `key` if the store has it, else do `work` and commit it.
 
-    The manifest check keeps resume correct when Prefect's own cache is empty (a new database)."""
+    The manifest check keeps resume correct when Prefect's own cache is empty (a new database).
+    The stage's lock makes a concurrent run with the same key wait for this one and reuse its
+    output; `resumable` stages keep the shards of an interrupted run (StageWriter)."""
+    cached = {**StageRecord(stage, key, store.stage_uri(stage, key)).to_dict(), "cached": True}
     if store.manifest(stage, key) is not None:
         logger().info("%s %s: output exists in the store, nothing to do", stage, key)
-        return {**StageRecord(stage, key, store.stage_uri(stage, key)).to_dict(), "cached": True}
-    with store.begin(stage, key) as writer:
-        record = work(writer)
+        return cached
+    waited = lambda holder: logger().info("%s %s: waiting for %s, which is computing it", stage, key, holder)  # noqa: E731
+    with store.lock(stage, key, on_wait=waited):
+        if store.manifest(stage, key) is not None:
+            logger().info("%s %s: another run finished it, reusing its output", stage, key)
+            return cached
+        with store.begin(stage, key, resumable) as writer:
+            record = work(writer)
+    publish_artifact(store, stage, key)
     return {**record.to_dict(), "cached": False}
+
+
+def publish_artifact(store: Store, stage: str, key: str) -> None:
+    """A markdown artifact on the stage's Prefect task run: counts, timing, output path and, for
+    the weights stage, the class summary and report.html (nothing outside a Prefect run)."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:
+        return
+    manifest = store.manifest(stage, key) or {}
+    lines = [f"### {stage} `{key}`", "", f"output: `{store.stage_uri(stage, key)}`  ",
+             f"took {manifest.get('seconds', 0):.1f}s, {len(manifest.get('files', {}))} files", "",
+             "| count | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in _flat(manifest.get("counts", {}))]
+    summary_path = store.local_dir(stage, key) / "summary.json"
+    if stage == "weights" and summary_path.exists():
+        s = json.loads(summary_path.read_text())
+        lines += ["", f"boilerplate share **{s['boilerplate_share']:.1%}**, mean LD boilerplate "
+                      f"{s['mean_ld']['boilerplate']}, reasoning {s['mean_ld']['reasoning']}  "]
+        for cls in ("boilerplate", "reasoning"):
+            top = ", ".join(f"`{t['token']!r}`×{t['count']}" for t in s["top_tokens"][cls][:10])
+            lines.append(f"most frequent {cls}: {top}  ")
+        if "report.html" in manifest.get("files", {}):
+            lines.append(f"token report: `{store.stage_uri(stage, key)}/report.html`")
+    create_markdown_artifact(markdown="\n".join(lines), key=f"tokenweight-{stage.replace('_', '-')}-output",
+                             description=f"tokenweight {stage} output {key}")
+
+
+def _flat(counts: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, value in counts.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
 
 
 class Progress:
@@ -71,18 +116,9 @@ class Progress:
         return time.time() - self.started
 
 
-def write_shard(directory: Path, index: int, table: pa.Table, metadata: dict[str, str] | None = None) -> str:
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    name = f"part-{index:05d}.parquet"
-    pq.write_table(table, directory / name, compression="zstd")
-    return name
-
-
 def input_dir(store: Store, record: dict[str, Any]) -> Path:
-    """A verified stage output's local directory (it must have a manifest)."""
-    verify_output(store, record["stage"], record["key"])
-    return store.local_dir(record["stage"], record["key"])
+    """A stage output's local directory, once its files match their manifest's sha256."""
+    return verify_output(store, record["stage"], record["key"])[1]
 
 
 def shard_paths(directory: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from ..kernels.chat_encode import EncodeError, encode_conversation
 from ..models import BaseModel, load_tokenizer
 from ..samples import Reject, Sample
 from ..store import Store, StageWriter, sha256_file, stage_key
-from .common import Progress, logger, run_stage, write_shard
+from .common import Progress, logger, run_stage
 
 STAGE, VERSION = "prepare", "1"
 
@@ -184,10 +184,10 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
         totals["target_tokens"] += sum(enc.loss_mask)
         totals["roles_known"] += enc.role_truth is not None
         if len(rows) == pc.shard_rows:
-            write_shard(writer.dir, shards, pa.Table.from_pylist(rows, schema=SCHEMA))
+            writer.write_shard(shards, pa.Table.from_pylist(rows, schema=SCHEMA))
             shards, rows = shards + 1, []
     if rows or not shards:
-        write_shard(writer.dir, shards, pa.Table.from_pylist(rows, schema=SCHEMA))
+        writer.write_shard(shards, pa.Table.from_pylist(rows, schema=SCHEMA))
     seconds = progress.close()
     read = totals["accepted"] + len(rejects)
     if read == 0:

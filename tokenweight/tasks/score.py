@@ -3,7 +3,8 @@
 Streams over the prepared shards (one in memory at a time), batches rows by length, runs each
 batch through the base model and (when it is the reference) the control, and the discriminator
 in the context `disc_context` says (kernels/foreign_context.py), and writes one score shard per
-prepared shard, rows in the same order.
+prepared shard, rows in the same order. A run killed part-way resumes at the first shard it had
+not finished (StageWriter keeps finished shards).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..kernels.foreign_context import foreign_rows, move_targets
 from ..kernels.score_tokens import score_rows
 from ..models import BaseModel, load_model, load_tokenizer
 from ..store import Store, StageWriter, stage_key
-from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, write_shard
+from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 
 STAGE, VERSION = "score", "1"
 
@@ -59,16 +60,24 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
     tokens = read_manifest(prep_dir)["counts"]["tokens"]
     total = tokens * (2 if foreign else 1)
     progress = Progress("score", total, "tokens")
-    own_input = 0
+    own_input, done = 0, writer.done_shards()
+    if done:
+        logger().info("score: resuming, %d of %d shards were finished by an interrupted run", len(done),
+                      len(shard_paths(prep_dir)))
     for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "input_ids", "loss_mask", "messages"])):
         rows, masks = table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist()
-        scores = score_rows(in_context, rows, masks, tokenizer.pad_token_id, sc.batch_tokens, sc.chunk_rows, shared,
-                            on_batch=progress.update)
-        if foreign:
+        other = None
+        if foreign:  # cheap next to scoring, and its count belongs in the manifest even for a done shard
             messages = [json.loads(m) for m in table.column("messages").to_pylist()]
             other = foreign_rows(tokenizer, messages, rows, masks, random.Random(f"{sc.seed}:{index}"),
                                  cfg.prepare.max_tokens)
             own_input += other.own_input
+        if index in done:
+            progress.update(sum(map(len, rows)) * (2 if foreign else 1))
+            continue
+        scores = score_rows(in_context, rows, masks, tokenizer.pad_token_id, sc.batch_tokens, sc.chunk_rows, shared,
+                            on_batch=progress.update)
+        if other is not None:
             disc_losses = score_rows({"disc": models["disc"]}, other.rows, other.masks, tokenizer.pad_token_id,
                                      sc.batch_tokens, sc.chunk_rows, on_batch=progress.update)["disc"]
             scores["disc"] = [move_targets(d, fm, m) for d, fm, m in zip(disc_losses, other.masks, masks)]
@@ -81,12 +90,12 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
             },
             schema=SCHEMA,
         )
-        write_shard(writer.dir, index, out)
+        writer.write_shard(index, out)
     seconds = progress.close()
     counts = {"tokens": tokens, "models": list(models),
               "disc_context": sc.disc_context, "disc_own_input": own_input,
               "tokens_per_s": round(total / max(seconds, 1e-9), 1), "threads": torch.get_num_threads(),
-              "device": device}
+              "device": device, "shards_resumed": len(done)}
     logger().info("score: %s in %.1fs", counts, seconds)
     inputs = {"prepare": prepared["key"], "discriminator": disc["key"], "base_model": base.key}
     return writer.commit(counts=counts, config=cfg.score.model_dump(mode="json"), inputs=inputs)
@@ -94,7 +103,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
 
 def run_score(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], base: BaseModel) -> dict[str, Any]:
     key = score_key(cfg, prepared, disc, base)
-    return run_stage(Store(cfg.store), STAGE, key, lambda w: _run(cfg, prepared, disc, base, w))
+    return run_stage(Store(cfg.store), STAGE, key, lambda w: _run(cfg, prepared, disc, base, w), resumable=True)
 
 
 @task(name="score", cache_key_fn=lambda ctx, p: score_key(p["cfg"], p["prepared"], p["disc"], p["base"]),

@@ -2,7 +2,8 @@
 
 One shard per prepared shard with exactly the contract's columns, plus `summary.json`: counts and
 shares per class, mean LD per class, the most frequent tokens per class and, when the source knew
-the token roles, the accuracy of the classes against them.
+the token roles, the accuracy of the classes against them. A run killed part-way resumes at the
+first shard it had not finished.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 
 from .. import __version__
@@ -20,7 +22,7 @@ from ..config import PipelineConfig
 from ..kernels.token_weights import sample_weights, token_classes, word_groups
 from ..models import BaseModel, load_tokenizer
 from ..store import Store, StageWriter, stage_key
-from .common import input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths, write_shard
+from .common import input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 from .prepare import SAMPLE_FIELDS
 
 STAGE, VERSION = "weights", "1"
@@ -116,7 +118,14 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
     tally = _Tally()
     if len(shard_paths(prep_dir)) != len(shard_paths(score_dir)):
         raise ValueError(f"{prep_dir} and {score_dir} have different shard counts")
+    done = writer.done_shards()
     for index, ((_, prep), (_, score)) in enumerate(zip(iter_shards(prep_dir), iter_shards(score_dir))):
+        if index in done:  # finished by an interrupted run: only its counts are needed
+            finished = pq.read_table(writer.dir / f"part-{index:05d}.parquet").to_pylist()
+            for p, w in zip(prep.to_pylist(), finished):
+                ld = np.asarray(w["loss_disc"], dtype=np.float32) - np.asarray(w["loss_ref"], dtype=np.float32)
+                tally.add(p["split"], np.asarray(w["input_ids"]), np.asarray(w["token_class"]), ld, p["role_truth"])
+            continue
         rows = []
         for p, s in zip(prep.to_pylist(), score.to_pylist()):
             if p["id"] != s["id"]:
@@ -132,7 +141,7 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
             rows.append({k: p[k] for k, _ in SAMPLE_FIELDS}
                         | {"loss_base": loss_base, "loss_disc": loss_disc, "loss_ref": loss_ref,
                            "token_class": classes, "weight": weight})
-        write_shard(writer.dir, index, pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
+        writer.write_shard(index, pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
     summary = {"method": wc.method, "reference": reference, "margin": wc.margin, "granularity": wc.granularity,
                **tally.summary(tokenizer, wc.top_tokens)}
     (writer.dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -145,7 +154,8 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
 def run_weights(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], disc: dict[str, Any],
                 base: BaseModel) -> dict[str, Any]:
     key = weights_key(cfg, scored, prepared, disc)
-    return run_stage(Store(cfg.store), STAGE, key, lambda w: _run(cfg, scored, prepared, disc, base, w))
+    return run_stage(Store(cfg.store), STAGE, key, lambda w: _run(cfg, scored, prepared, disc, base, w),
+                     resumable=True)
 
 
 @task(name="weights", cache_key_fn=lambda ctx, p: weights_key(p["cfg"], p["scored"], p["prepared"], p["disc"]),

@@ -1,0 +1,117 @@
+"""stage_lock.py: one writer per stage output; a killed holder blocks nobody; waiters reuse."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from tokenweight.stage_lock import LockTimeout, is_locked, stage_lock
+from tokenweight.store import Store
+from tokenweight.tasks.common import run_stage
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from tokenweight.store import Store
+    with Store(sys.argv[1]).lock("score", "k"):
+        print("held", flush=True)
+        time.sleep(600)
+""")
+
+
+def _holder(store_dir) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(store_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_holder_killed_with_sigkill_blocks_the_next_run_for_no_time(tmp_path):
+    store = Store(str(tmp_path))
+    proc = _holder(tmp_path)
+    try:
+        assert is_locked(store, "score", "k")
+        with pytest.raises(LockTimeout, match=rf"held by pid {proc.pid} on .* for more than 0s"):
+            with stage_lock(store, "score", "k", wait_s=0.3):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    started = time.monotonic()
+    with stage_lock(store, "score", "k", wait_s=5):
+        assert time.monotonic() - started < 0.5
+    assert not is_locked(store, "score", "k")
+
+
+def test_a_waiter_is_told_who_holds_it_and_gets_it_when_released(tmp_path):
+    store, told, order = Store(str(tmp_path)), [], []
+    release = threading.Event()
+
+    def first():
+        with stage_lock(store, "weights", "k", wait_s=5):
+            order.append("first in")
+            release.wait(5)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    while not order:
+        time.sleep(0.01)
+    threading.Timer(0.3, release.set).start()
+    with stage_lock(store, "weights", "k", wait_s=5, on_wait=told.append):
+        order.append("second in")
+    t.join()
+    assert order == ["first in", "first out", "second in"]
+    assert len(told) == 1 and f"pid {os.getpid()}" in told[0]
+
+
+def test_two_runs_of_one_stage_compute_it_once(tmp_path):
+    """The second caller waits for the first and reuses its output."""
+    store, calls = Store(str(tmp_path)), []
+
+    def work(writer):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.3)
+        (writer.dir / "out.txt").write_text("done")
+        return writer.commit()
+
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, run_stage(store, "shuffle", "k", work)),
+                                name=f"run{n}") for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(r["cached"] for r in results.values()) == [False, True]
+    assert (tmp_path / "shuffle" / "k" / "out.txt").read_text() == "done"
+
+
+def test_an_object_store_lease_that_is_not_renewed_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path))
+    store = Store("memory://tw-lease-test")
+    path = f"{store.root}/_locks/score.k.lock"
+    # A holder that died: its lease was last renewed long ago.
+    store.fs.pipe_file(path, b'{"pid": 1, "host": "gone", "since": "then", "token": "x", "renewed": 0}')
+    started = time.monotonic()
+    with stage_lock(store, "score", "k", wait_s=5, lease_s=2, poll_s=0.05):
+        assert time.monotonic() - started < 1
+        with pytest.raises(LockTimeout, match="leased by pid"):  # a live lease is not taken over
+            with stage_lock(store, "score", "k", wait_s=0.2, lease_s=2, poll_s=0.05):
+                pass
+    assert not store.fs.exists(path)  # released
+
+
+def test_a_live_lease_is_renewed_while_held(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path))
+    store = Store("memory://tw-lease-renew")
+    with stage_lock(store, "score", "k", wait_s=1, lease_s=0.4, poll_s=0.02):
+        time.sleep(1.0)  # more than two leases: without renewal a waiter would take it
+        with pytest.raises(LockTimeout):
+            with stage_lock(store, "score", "k", wait_s=0.3, lease_s=0.4, poll_s=0.02):
+                pass
