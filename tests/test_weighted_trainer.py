@@ -117,6 +117,29 @@ def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupt
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
 
 
+def test_a_half_saved_checkpoint_is_never_resumed_from(tiny_model_dir, smol_tokenizer, tmp_path):
+    """The Trainer writes a checkpoint file by file: one cut short looks like a checkpoint."""
+    import shutil
+
+    from tokenweight.kernels.weighted_trainer import COMPLETE_MARKER, last_complete_checkpoint
+
+    work = tmp_path / "w"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_config(epochs=2, save_steps=3), _rows(smol_tokenizer, 16), tiny_model_dir, work,
+                    callbacks=[_Crash(at_step=5)])
+    assert (work / "checkpoint-3" / COMPLETE_MARKER).is_file()
+    half = work / "checkpoint-6"
+    shutil.copytree(work / "checkpoint-3", half)
+    (half / COMPLETE_MARKER).unlink()
+    (half / "optimizer.pt").unlink()
+    corrupt = work / "checkpoint-9"  # whole once, then a file changed
+    shutil.copytree(work / "checkpoint-3", corrupt)
+    (corrupt / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(work) == work / "checkpoint-3"
+    assert not half.exists() and not corrupt.exists()
+    assert last_complete_checkpoint(tmp_path / "none") is None
+
+
 def test_a_window_of_zero_weights_takes_no_step(tiny_model_dir, smol_tokenizer, tmp_path):
     rows = _rows(smol_tokenizer, 4)
     for row in rows:

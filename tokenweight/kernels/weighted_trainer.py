@@ -10,17 +10,31 @@ module adds what it lacks for token-level methods:
   sum of weights or samples, by method) is counted once from all its micro-batches, so
   accumulating k micro-batches gives the same gradient as one batch k times as large;
 - per-logging-step metrics: loss, boilerplate-token loss, reasoning-token loss (where the
-  classes are known), tokens/s.
+  classes are known), tokens/s;
+- checkpoints that are known to be whole: the Trainer writes a checkpoint's files in place, one
+  after another, so a run killed while saving leaves a directory that looks like a checkpoint.
+  Each save here ends with `COMPLETE_MARKER` (the sha256 of every file), and
+  `last_complete_checkpoint` resumes from the newest checkpoint whose files still match it.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
+
+from ..faults import crash_point
+from ..store import sha256_file
+
+COMPLETE_MARKER = "tokenweight-complete.json"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 from .finetune_losses import METHODS, class_means, loss_sum, normaliser
 from .token_loss import chunked_token_ce, decoder_and_head
@@ -139,6 +153,20 @@ class WeightedLossTrainer(Trainer):
         n = counts.sum(0).double().cpu()
         self._tally += torch.stack([sums[0], n[0], sums[1], n[1], torch.tensor(float(tokens))])
 
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            directory = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            files = {p.relative_to(directory).as_posix(): sha256_file(p)
+                     for p in sorted(directory.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
+            tmp = directory / f".{COMPLETE_MARKER}.tmp"
+            tmp.write_text(json.dumps(files, indent=1))
+            tmp.replace(directory / COMPLETE_MARKER)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        crash_point("finetune.mid_checkpoint")  # the weights are saved, the rest is not
+        super()._save_optimizer_and_scheduler(output_dir)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log step: add the class losses and throughput since the last
             loss_b, n_b, loss_r, n_r, tokens = self._tally.tolist()
@@ -151,3 +179,26 @@ class WeightedLossTrainer(Trainer):
             self._tally.zero_()
             self._tally_since = now
         super().log(logs, start_time)
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint in `output_dir` whose files match its completion marker. Checkpoints
+    without one (a save cut short) are removed, so the Trainer's rotation never counts them."""
+    if not output_dir.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.fullmatch(p.name)))
+    best = None
+    for _, path in found:
+        if _is_complete(path):
+            best = path
+        else:
+            shutil.rmtree(path)
+    return best
+
+
+def _is_complete(directory: Path) -> bool:
+    try:
+        files = json.loads((directory / COMPLETE_MARKER).read_text())
+        return all(sha256_file(directory / rel) == digest for rel, digest in files.items())
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from ..config import PipelineConfig
+from ..faults import crash_point
 from ..kernels.finetune_loop import TrainSettings, train_on_targets
 from ..models import BaseModel, load_model, load_tokenizer, save_model
 from ..store import Store, StageWriter, stage_key
@@ -52,6 +53,7 @@ def _run(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel, writer:
             if not progress:
                 progress.append(Progress(f"discriminator[{name}]", total, "steps"))
             progress[0].update(1, loss=f"{loss:.3f}", tokens=tokens)
+            crash_point("discriminator.step")
 
         losses = train_on_targets(model, rows, masks, settings, tokenizer.pad_token_id, on_step)
         progress[0].close()

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from prefect import task
 from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..config import FinetuneConfig, PipelineConfig
+from ..faults import crash_point
 from ..kernels.finetune_loop import freeze_below
-from ..kernels.weighted_trainer import TokenRows, WeightedLossTrainer, collate
+from ..kernels.weighted_trainer import TokenRows, WeightedLossTrainer, collate, last_complete_checkpoint
 from ..models import BaseModel, load_model, load_tokenizer, save_model
 from ..store import Store, StageWriter, stage_key
 from .common import input_dir, iter_shards, logger, run_stage
@@ -62,14 +62,24 @@ def train_rows(directory: Path, with_weights: bool) -> list[dict[str, Any]]:
 
 
 class _LogToRun(TrainerCallback):
-    """The Trainer's log lines (loss, class losses, tokens/s) in the Prefect run log, with counts."""
+    """The Trainer's log lines (step counts, loss, class losses, tokens/s, time left) in the Prefect
+    run log."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.time(), state.global_step  # a resumed run starts past 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        crash_point("finetune.step")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             classes = "".join(f" {name} {logs[f'loss_{name}']:.4f}" for name in ("boilerplate", "reasoning")
                               if f"loss_{name}" in logs)
-            logger().info("finetune: step %d/%d loss %.4f%s lr %.2e %.0f tok/s", state.global_step, state.max_steps,
-                          logs["loss"], classes, logs.get("learning_rate", 0.0), logs.get("tokens_per_s", 0.0))
+            steps = max(state.global_step - self.first_step, 1)
+            left = (time.time() - self.started) / steps * (state.max_steps - state.global_step)
+            logger().info("finetune: step %d/%d loss %.4f%s lr %.2e %.0f tok/s, %.0fs left", state.global_step,
+                          state.max_steps, logs["loss"], classes, logs.get("learning_rate", 0.0),
+                          logs.get("tokens_per_s", 0.0), left)
 
 
 def training_arguments(fc: FinetuneConfig, output_dir: Path) -> TrainingArguments:
@@ -117,11 +127,11 @@ def train_model(fc: FinetuneConfig, rows: list[dict[str, Any]], base_path: str, 
         method=fc.method,
         tau=fc.tau,
     )
-    resume = get_last_checkpoint(str(work)) if work.is_dir() else None
+    resume = last_complete_checkpoint(work)
     if resume:
         logger().info("finetune: resuming from %s", resume)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     info = {
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 4),
