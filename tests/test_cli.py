@@ -65,6 +65,33 @@ def test_missing_data_file_exits_2(tmp_path, capsys, tiny_model_dir):
     assert "Traceback" not in err
 
 
+def test_a_store_that_cannot_be_written_exits_2_naming_it(tmp_path, capsys, tiny_model_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, blocker / "store")
+    assert main(["run", cfg]) == 2
+    err, lines = error_lines(capsys)
+    assert len(lines) == 1 and f"store {blocker / 'store'} is not writable" in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_a_store_url_with_a_password_exits_2_without_printing_it(tmp_path, capsys, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, "s3://KEYID:very-secret-value@bucket/tw")
+    assert main(["run", cfg]) == 2
+    err, lines = error_lines(capsys)
+    assert len(lines) == 1 and "holds a password" in lines[0] and "very-secret-value" not in err
+
+
+def test_an_empty_data_file_exits_2_with_one_line(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store")
+    assert main(["run", cfg, "--data", str(empty)]) == 2
+    err, lines = error_lines(prefect_capfd)
+    assert len(lines) == 1 and "no rows to read" in lines[0], err
+    assert "Traceback" not in err
+
+
 def test_missing_model_path_exits_2_naming_it(tmp_path, prefect_harness, prefect_capfd):
     missing = tmp_path / "no-such-model"
     cfg = write_config(tmp_path / "c.yaml", missing, tmp_path / "store")
@@ -85,13 +112,20 @@ def test_debug_shows_the_exception(tmp_path):
         main(["run", str(tmp_path / "none.yaml"), "--debug"])
 
 
-def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):
+SECRETS = {"PREFECT_API_AUTH_STRING": "tw-user-sentinel:pf-auth-sentinel-71", "AWS_SECRET_ACCESS_KEY": "aws-sentinel-93",
+           "AWS_ACCESS_KEY_ID": "AKIASENTINEL42"}
+
+
+def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd, monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
     store = tmp_path / "store"
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, store)
     code = main(["run", cfg])
     captured = prefect_capfd.readouterr()
     assert code == 0, captured.err[-1200:]
     out = captured.out
+    _assert_no_secret(captured.out + captured.err, store)
     assert re.search(r"tokenweight: 7 stages in [0-9.]+s", out), out
     for stage in STAGES:
         line = next((l for l in out.splitlines() if l.strip().startswith(stage + " ")), None)
@@ -107,6 +141,21 @@ def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harne
         line = next(l for l in out.splitlines() if l.strip().startswith(stage + " "))
         assert " cached " in line
     assert "nothing to do: every stage came from the cache" in out
+
+
+def _assert_no_secret(output: str, store) -> None:
+    """No credential in the terminal, any file of the store (Prefect's records included) or Prefect's
+    artifacts."""
+    from prefect.client.orchestration import get_client
+
+    texts = {"terminal": output}
+    texts.update({str(p): p.read_bytes().decode("utf-8", "replace") for p in store.rglob("*") if p.is_file()})
+    with get_client(sync_client=True) as client:
+        texts["artifacts"] = " ".join(str(a.data) + str(a.description) for a in client.read_artifacts())
+    for where, text in texts.items():
+        for name, value in SECRETS.items():
+            for part in value.split(":"):
+                assert part not in text, f"{name} appears in {where}"
 
 
 def test_until_and_data_options(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):

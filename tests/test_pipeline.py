@@ -232,6 +232,22 @@ def test_second_run_is_fully_cached_and_changes_nothing(synthetic_run):
     assert tree_digest(store) == digest
 
 
+def test_truncated_or_corrupt_prefect_records_are_cache_misses(synthetic_run):
+    """Prefect writes its result records in place; a run killed mid-write leaves them cut short."""
+    from tokenweight.flows.pipeline import run_pipeline
+
+    cfg, store, _, digest = synthetic_run
+    run_pipeline(cfg)  # Prefect's records go to {store}/_prefect
+    files = sorted(p for p in (Path(store) / "_prefect").rglob("*") if p.is_file())
+    assert len(files) >= len(STAGES)
+    for i, path in enumerate(files):
+        body = path.read_bytes()
+        path.write_bytes(body[: len(body) // 2] if i % 2 else b"\x00garbage")
+    again = run_pipeline(cfg)
+    assert {s: r["cached"] for s, r in again.items()} == {s: True for s in STAGES}
+    assert tree_digest(store) == digest
+
+
 def test_changed_learning_rate_reruns_from_the_discriminator(synthetic_run, tiny_model_dir):
     cfg, store, first, _ = synthetic_run
     changed = pipeline_config(tiny_model_dir, store, discriminator={"learning_rate": 3e-3})
@@ -293,3 +309,27 @@ def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
     # A source without known roles is a clear error, not an empty table.
     assert main(["roles", jsonl_run[1]["weights"]["uri"]]) == 2
     assert "no sample with known token roles" in capsys.readouterr().err
+
+
+def _artifacts(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                     sort=ArtifactSort.CREATED_DESC)
+
+
+def test_each_stage_published_a_prefect_artifact_with_its_counts(synthetic_run):
+    _, store, records, _ = synthetic_run
+    for stage in STAGES:
+        text = next(a.data for a in _artifacts(f"tokenweight-{stage}-output") if records[stage]["key"] in a.data)
+        assert f"### {stage} `{records[stage]['key']}`" in text and records[stage]["uri"] in text
+        manifest = json.loads(Path(records[stage]["uri"], "_manifest.json").read_text())
+        for name, value in manifest.get("counts", {}).items():
+            if not isinstance(value, dict):
+                assert f"| {name} | {value} |" in text, (stage, name)
+    text = next(a.data for a in _artifacts("tokenweight-weights-output") if records["weights"]["key"] in a.data)
+    summary = json.loads(Path(records["weights"]["uri"], "summary.json").read_text())
+    assert f"boilerplate share **{summary['boilerplate_share']:.1%}**" in text and "most frequent reasoning" in text

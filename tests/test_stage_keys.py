@@ -1,14 +1,19 @@
 """Key invalidation through the real task key functions: a change re-runs its stage and every
 stage after it, nothing before."""
 
+import importlib
 import json
+import warnings
 
 import pytest
 
 from conftest import chat_rows, pipeline_config, write_jsonl
+from tokenweight.config import STAGES, PipelineConfig
 from tokenweight.models import resolve_base_model
 from tokenweight.store import Store
 from tokenweight.tasks.discriminator import discriminator_key
+from tokenweight.tasks.eval import eval_key
+from tokenweight.tasks.finetune import finetune_key
 from tokenweight.tasks.prepare import PrepareError, prepare_key
 from tokenweight.tasks.score import score_key
 from tokenweight.tasks.shuffle import shuffle_key
@@ -23,6 +28,51 @@ def all_keys(cfg):
     keys["score"] = score_key(cfg, {"key": keys["prepare"]}, {"key": keys["discriminator"]}, base)
     keys["weights"] = weights_key(cfg, {"key": keys["score"]}, {"key": keys["prepare"]}, {"key": keys["discriminator"]})
     return keys
+
+
+def keys_to_eval(cfg):
+    """all_keys plus finetune and eval (whose model input is the finetune output)."""
+    keys = all_keys(cfg)
+    base = resolve_base_model(cfg.model, Store(cfg.store))
+    prepared, weighted = {"key": keys["prepare"]}, {"key": keys["weights"]}
+    keys["finetune"] = finetune_key(cfg, prepared, weighted, base)
+    keys["eval"] = eval_key(cfg, prepared, weighted, {"key": keys["finetune"]})
+    return keys
+
+
+# Each stage's section and the stages that read its output (directly or through others); finetune
+# here is rft, which reads the weights stage.
+DOWNSTREAM = {
+    "prepare": set(STAGES),
+    "shuffle": {"shuffle", "discriminator", "score", "weights", "finetune", "eval"},
+    "discriminator": {"discriminator", "score", "weights", "finetune", "eval"},
+    "score": {"score", "weights", "finetune", "eval"},
+    "weights": {"weights", "finetune", "eval"},
+    "finetune": {"finetune", "eval"},
+    "eval": {"eval"},
+}
+FIELDS = [(section, field) for section in DOWNSTREAM
+          for field in type(getattr(PipelineConfig(), section)).model_fields]
+
+
+@pytest.mark.parametrize("section,field", FIELDS, ids=[f"{s}.{f}" for s, f in FIELDS])
+def test_every_config_field_is_in_its_stage_key_and_no_earlier_one(tiny_model_dir, tmp_path, data_file, section, field):
+    cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
+    # model_copy does not validate: any distinct value shows whether the field reaches the key.
+    edited = getattr(cfg, section).model_copy(update={field: "changed-for-the-test"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydantic warns when serialising the off-type value
+        after = keys_to_eval(cfg.model_copy(update={section: edited}))
+    assert changed(keys_to_eval(cfg), after) == DOWNSTREAM[section]
+
+
+@pytest.mark.parametrize("stage", list(DOWNSTREAM))
+def test_a_stage_version_bump_reruns_it_and_later_stages_only(tiny_model_dir, tmp_path, data_file, stage, monkeypatch):
+    cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
+    before = keys_to_eval(cfg)
+    module = importlib.import_module(f"tokenweight.tasks.{stage}")
+    monkeypatch.setattr(module, "VERSION", module.VERSION + "-bumped")
+    assert changed(before, keys_to_eval(cfg)) == DOWNSTREAM[stage]
 
 
 def changed(a, b):
