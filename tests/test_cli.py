@@ -126,7 +126,7 @@ def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harne
     assert code == 0, captured.err[-1200:]
     out = captured.out
     _assert_no_secret(captured.out + captured.err, store)
-    assert re.search(r"tokenweight: 7 stages in [0-9.]+s", out), out
+    assert re.search(r"tokenweight: 7 stages in [0-9.]+s \(7 ran, 0 cached\)", out), out
     for stage in STAGES:
         line = next((l for l in out.splitlines() if l.strip().startswith(stage + " ")), None)
         assert line is not None, f"{stage} missing from report:\n{out}"
@@ -140,7 +140,7 @@ def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harne
     for stage in STAGES:
         line = next(l for l in out.splitlines() if l.strip().startswith(stage + " "))
         assert " cached " in line
-    assert "nothing to do: every stage came from the cache" in out
+    assert "nothing to do: every stage came from the cache" in out and "(0 ran, 7 cached)" in out
 
 
 def _assert_no_secret(output: str, store) -> None:

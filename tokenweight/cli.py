@@ -58,7 +58,8 @@ def build_config(args: argparse.Namespace):
 
 
 def print_report(records: dict, seconds: float) -> None:
-    print(f"\ntokenweight: {len(records)} stages in {seconds:.1f}s")
+    ran = sum(not r["cached"] for r in records.values())
+    print(f"\ntokenweight: {len(records)} stages in {seconds:.1f}s ({ran} ran, {len(records) - ran} cached)")
     for stage, rec in records.items():
         print(f"  {stage:<14} {'cached' if rec['cached'] else 'ran':<7} {rec['uri']}")
     if all(r["cached"] for r in records.values()):

@@ -22,7 +22,7 @@ from ..config import PipelineConfig
 from ..kernels.token_weights import sample_weights, token_classes, word_groups
 from ..models import BaseModel, load_tokenizer
 from ..store import Store, StageWriter, stage_key
-from .common import input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
+from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 from .prepare import SAMPLE_FIELDS
 
 STAGE, VERSION = "weights", "1"
@@ -119,12 +119,14 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
     if len(shard_paths(prep_dir)) != len(shard_paths(score_dir)):
         raise ValueError(f"{prep_dir} and {score_dir} have different shard counts")
     done = writer.done_shards()
+    progress = Progress("weights", read_manifest(prep_dir)["counts"]["accepted"], "samples")
     for index, ((_, prep), (_, score)) in enumerate(zip(iter_shards(prep_dir), iter_shards(score_dir))):
         if index in done:  # finished by an interrupted run: only its counts are needed
             finished = pq.read_table(writer.dir / f"part-{index:05d}.parquet").to_pylist()
             for p, w in zip(prep.to_pylist(), finished):
                 ld = np.asarray(w["loss_disc"], dtype=np.float32) - np.asarray(w["loss_ref"], dtype=np.float32)
                 tally.add(p["split"], np.asarray(w["input_ids"]), np.asarray(w["token_class"]), ld, p["role_truth"])
+            progress.update(prep.num_rows)
             continue
         rows = []
         for p, s in zip(prep.to_pylist(), score.to_pylist()):
@@ -142,6 +144,8 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
                         | {"loss_base": loss_base, "loss_disc": loss_disc, "loss_ref": loss_ref,
                            "token_class": classes, "weight": weight})
         writer.write_shard(index, pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
+        progress.update(prep.num_rows)
+    progress.close()
     summary = {"method": wc.method, "reference": reference, "margin": wc.margin, "granularity": wc.granularity,
                **tally.summary(tokenizer, wc.top_tokens)}
     (writer.dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
