@@ -1,0 +1,193 @@
+"""The weighted dataset in your own trainer: a loader, a collator and the `weighted` loss.
+
+The weights stage writes `{store}/weights/{key}/part-NNNNN.parquet` beside `_manifest.json`,
+`summary.json` and `report.html`, so point every reader at `part-*.parquet`, not at the directory.
+This module takes those shards into the transformers `Trainer` or TRL's `SFTTrainer` with
+tokenweight's `weighted` loss: the sum over target tokens of weight * cross-entropy, divided by
+the sum of the weights over the whole gradient-accumulation window (and over devices), so that
+accumulating k micro-batches gives the gradient of one batch k times as large.
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+    from tokenweight.external_trainers import WeightedTokenCollator, WeightedTokenTrainer, load_weight_shards
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    trainer = WeightedTokenTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=TrainingArguments("out", remove_unused_columns=False, max_steps=100),
+        train_dataset=load_weight_shards("runs/weights/<key>"),  # the train split
+        data_collator=WeightedTokenCollator(pad_token_id=tokenizer.pad_token_id),
+    )
+    trainer.train()
+
+With TRL (1.x): `class WeightedSFTTrainer(TokenWeightMixin, SFTTrainer): pass`, and in `SFTConfig`
+`remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}` (the shards are
+tokenized and truncated already; TRL's preparation would rebuild `labels` without the mask).
+
+How the weight reaches the loss. `compute_loss_func(outputs, labels, num_items_in_batch)` is all a
+trainer hands a custom loss, and every other key of the batch goes to `model.forward`. So
+`TokenWeightMixin.compute_loss` pops `token_weight` from the batch and binds it to
+`weighted_loss_func` as this batch's `compute_loss_func`, then lets the trainer's own
+`compute_loss` run: the Trainer's label handling and multi-device scaling, and in TRL its
+entropy / token-accuracy / token-count metrics, all stay as they are. `num_items_in_batch`, which
+the plain Trainer counts as the window's target tokens, is here the window's sum of target weights
+(`_get_num_items_in_batch`). The price in TRL: a custom loss needs the full logits, so TRL runs one
+more (no-grad) forward for its metrics. TRL 2 drops `compute_loss_func` from SFTTrainer, and with it
+this route: tests/test_external_trainers.py checks the loss against tokenweight's on TRL 1.16.
+Not covered: TRL's packing and padding-free modes, and tensor, context or sequence parallelism.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from .kernels.batching import pad_batch
+from .kernels.finetune_losses import normaliser, weighted_sum
+
+SHARD_GLOB = "part-*.parquet"
+TRAIN_COLUMNS = ("input_ids", "loss_mask", "weight")
+IGNORE_INDEX = -100  # the label of a token that is not a target, as transformers' losses expect
+
+
+def shard_paths(source: str | Path) -> list[str]:
+    """The Parquet shards of a weights directory (its `part-*.parquet`), or of a glob, sorted."""
+    pattern = str(Path(source) / SHARD_GLOB) if Path(source).is_dir() else str(source)
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no weight shards match {pattern}")
+    return paths
+
+
+def load_weight_shards(
+    source: str | Path, split: str | None = "train", columns: Sequence[str] = TRAIN_COLUMNS
+) -> datasets.Dataset:
+    """The rows of the shards (in shard order) as an in-memory `datasets.Dataset` of `columns`,
+    only those of `split` (`train` or `eval`; None keeps both). For more rows than memory holds,
+    `datasets.load_dataset("parquet", data_files=shard_paths(source), split="train")` maps them
+    from disk instead (then filter the `split` column)."""
+    read = list(columns) if split is None or "split" in columns else [*columns, "split"]
+    table = pa.concat_tables(pq.read_table(p, columns=read) for p in shard_paths(source))
+    if split is not None:
+        table = table.filter(pc.equal(table["split"], split)).select(list(columns))
+    return datasets.Dataset(table)
+
+
+@dataclass
+class WeightedTokenCollator:
+    """Right-pads rows of {input_ids, loss_mask, weight} to the batch's longest row.
+
+    Returns `input_ids`, `attention_mask`, `labels` (input_ids, -100 where loss_mask is 0 and on
+    padding; unshifted, as transformers expects) and `token_weight` (float32, 0 off target)."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            if len(row["loss_mask"]) != n or len(row["weight"]) != n:
+                raise ValueError(f"row {i}: loss_mask and weight must have one value per token ({n})")
+        ids, attention_mask, loss_mask = pad_batch(
+            [r["input_ids"] for r in rows], [r["loss_mask"] for r in rows], self.pad_token_id
+        )
+        weight = torch.zeros(ids.shape, dtype=torch.float32)
+        for b, row in enumerate(rows):
+            weight[b, : len(row["weight"])] = torch.as_tensor(row["weight"], dtype=torch.float32)
+        target = loss_mask.bool()
+        return {
+            "input_ids": ids,
+            "attention_mask": attention_mask,
+            "labels": ids.masked_fill(~target, IGNORE_INDEX),
+            "token_weight": weight * target,
+        }
+
+
+def window_normaliser(batches: Sequence[Mapping[str, torch.Tensor]]) -> float:
+    """The `weighted` loss's denominator for collated batches: the sum of their target weights.
+    Token 0 is never predicted (no context), so it never counts."""
+    targets = [b["labels"][:, 1:] != IGNORE_INDEX for b in batches]
+    tokens = sum(int(t.sum()) for t in targets)
+    weight = sum(float(b["token_weight"][:, 1:][t].sum()) for b, t in zip(batches, targets))
+    samples = sum(int(b["labels"].shape[0]) for b in batches)
+    return normaliser("weighted", tokens, weight, samples)
+
+
+def weighted_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    token_weight: torch.Tensor,
+    num_items_in_batch: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """sum(weight * CE) over target tokens / num_items_in_batch (the window's sum of weights;
+    this batch's own sum when None). logits (B, T, V); labels, token_weight (B, T), unshifted."""
+    predict = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): the logit at t-1 predicts labels[t]
+    losses = F.cross_entropy(logits[:, :-1][predict].float(), labels[:, 1:][predict], reduction="none")  # (N,)
+    total = weighted_sum(losses, token_weight[:, 1:][predict])
+    if num_items_in_batch is None:
+        num_items_in_batch = window_normaliser([{"labels": labels, "token_weight": token_weight}]) or 1.0
+    return total / num_items_in_batch
+
+
+def weighted_loss_func(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | float | None = None, *,
+    token_weight: torch.Tensor,
+) -> torch.Tensor:
+    """`weighted_token_loss` with the signature of the Trainer's `compute_loss_func` once
+    `token_weight` is bound (`partial(weighted_loss_func, token_weight=...)`)."""
+    return weighted_token_loss(outputs.logits, labels, token_weight, num_items_in_batch)
+
+
+class TokenWeightMixin:
+    """Put before `Trainer` or TRL's `SFTTrainer` in the bases: the loss becomes `weighted`, with
+    `num_items_in_batch` the accumulation window's sum of target weights (summed over devices when
+    `average_tokens_across_devices`, the default). Needs `WeightedTokenCollator` (or any collator
+    giving `labels` and `token_weight`) and `remove_unused_columns=False`."""
+
+    # compute_loss divides by the whole window's normaliser itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(f"{type(self).__name__} brings its own loss; do not pass compute_loss_func")
+        super().__init__(*args, **kwargs)
+        # The Trainer keeps only the columns model.forward takes, which would drop loss_mask and weight.
+        if self.args.remove_unused_columns:
+            raise ValueError(f"{type(self).__name__} needs remove_unused_columns=False (the collator reads "
+                             "loss_mask and weight)")
+        # (dataset_kwargs: TRL's SFTConfig only)
+        if hasattr(self.args, "dataset_kwargs") and not (self.args.dataset_kwargs or {}).get("skip_prepare_dataset"):
+            raise ValueError(f"{type(self).__name__} needs dataset_kwargs={{'skip_prepare_dataset': True}}: TRL's "
+                             "preparation would build labels without loss_mask and truncate input_ids alone")
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """The window's sum of target weights (over devices, mirroring Trainer.compute_loss's scaling)."""
+        if not batch_samples:
+            return None
+        total = torch.tensor(window_normaliser(batch_samples), dtype=torch.float32, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total[None]).sum()
+        # A window whose weights are all zero has a zero loss sum: keep it zero, not 0/0.
+        return torch.where(total == 0, torch.ones_like(total), total)
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if "token_weight" not in inputs:
+            raise KeyError("the batch has no token_weight: use WeightedTokenCollator as the data_collator")
+        inputs = dict(inputs)
+        # The trainer calls compute_loss_func(outputs, labels, num_items_in_batch) only: bind this batch's weights.
+        self.compute_loss_func = partial(weighted_loss_func, token_weight=inputs.pop("token_weight"))
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+class WeightedTokenTrainer(TokenWeightMixin, Trainer):
+    """The transformers Trainer with tokenweight's `weighted` loss (see TokenWeightMixin)."""
