@@ -1,4 +1,4 @@
-"""`tokenweight run CONFIG.yaml` (the pipeline) and `tokenweight compare CONFIG.yaml` (fine-tune arms side by side) in Prefect's local mode.
+"""`tokenweight run CONFIG.yaml` (the pipeline) and `tokenweight compare CONFIG.yaml` (fine-tune arms side by side) in Prefect's local mode; `tokenweight serve CONFIG.yaml` serves both as deployments.
 
 Errors the user can fix (a config key, a missing file, a bad model path, an unwritable store)
 print one line saying what and where; `--debug` shows the traceback too.
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import STAGES, ConfigError, FileSource, apply_overrides, parse_config, read_config_file
 from .models import check_model_name
+from .serve import add_serve_parser, serve_command
 from .store import Store
 
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     roles.add_argument("weights_dir", help="a finished weights output, {store}/weights/{key}")
     roles.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
     roles.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_serve_parser(sub)
     return parser
 
 
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's first local start migrates its database; 20 s is not always enough on 2 cores.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.command == "serve":
+        return serve_command(args)
     try:
         cfg = build_config(args)
         # What the user can fix is checked before Prefect starts (and would log a traceback).
