@@ -163,6 +163,7 @@ class WeightsConfig(_Strict):
     )
     tau: float = Field(3.0, gt=0, description="RFT temperature (the paper: 1/tau in 0.2..0.5).")
     top_tokens: int = Field(20, ge=1, description="How many frequent tokens per class summary.json lists.")
+    report_samples: int = Field(200, ge=0, description="How many samples report.html shows (the first ones, in shard order).")
 
 
 class FinetuneConfig(_Strict):

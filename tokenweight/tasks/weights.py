@@ -2,7 +2,7 @@
 
 One shard per prepared shard with exactly the contract's columns, plus `summary.json`: counts and
 shares per class, mean LD per class, the most frequent tokens per class and, when the source knew
-the token roles, the accuracy of the classes against them. A run killed part-way resumes at the
+the token roles, the accuracy of the classes against them; and `report.html` (report_html.py). A run killed part-way resumes at the
 first shard it had not finished.
 """
 
@@ -21,6 +21,7 @@ from .. import __version__
 from ..config import PipelineConfig
 from ..kernels.token_weights import sample_weights, token_classes, word_groups
 from ..models import BaseModel, load_tokenizer
+from ..report_html import write_report
 from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 from .prepare import SAMPLE_FIELDS
@@ -149,9 +150,11 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
     summary = {"method": wc.method, "reference": reference, "margin": wc.margin, "granularity": wc.granularity,
                **tally.summary(tokenizer, wc.top_tokens)}
     (writer.dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    report = write_report(shard_paths(writer.dir), summary, writer.dir / "report.html", wc.report_samples)
     logger().info("weights: %s", {k: summary[k] for k in ("samples", "target_tokens", "boilerplate_share")})
     inputs = {"score": scored["key"], "prepare": prepared["key"], "discriminator": disc["key"]}
-    return writer.commit(counts={"samples": sum(tally.samples.values()), **summary["target_tokens"]},
+    return writer.commit(counts={"samples": sum(tally.samples.values()), **summary["target_tokens"],
+                                 "report_samples": report["samples"]},
                          config=wc.model_dump(mode="json"), inputs=inputs)
 
 
