@@ -237,18 +237,62 @@ def test_second_run_is_fully_cached_and_changes_nothing(synthetic_run):
 
 def test_truncated_or_corrupt_prefect_records_are_cache_misses(synthetic_run):
     """Prefect writes its result records in place; a run killed mid-write leaves them cut short."""
-    from tokenweight.flows.pipeline import run_pipeline
+    from tokenweight.flows.pipeline import pipeline
 
     cfg, store, _, digest = synthetic_run
-    run_pipeline(cfg)  # Prefect's records go to {store}/_prefect
+    pipeline(cfg)  # Prefect's records go to {store}/_prefect
     files = sorted(p for p in (Path(store) / "_prefect").rglob("*") if p.is_file())
     assert len(files) >= len(STAGES)
     for i, path in enumerate(files):
         body = path.read_bytes()
         path.write_bytes(body[: len(body) // 2] if i % 2 else b"\x00garbage")
-    again = run_pipeline(cfg)
+    again = pipeline(cfg)
     assert {s: r["cached"] for s, r in again.items()} == {s: True for s in STAGES}
     assert tree_digest(store) == digest
+
+
+class _PlantedPayload:
+    """Unpickling this creates a file: the proof that a record was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_prefect_records_in_a_real_store_are_plain_json_and_a_planted_pickle_never_runs(synthetic_run, tmp_path):
+    """The records a real run leaves in {store}/_prefect are JSON with the plain-JSON serializer; a
+    pickled record planted under a stage's cache key (as anyone who can write to a shared store
+    could) is refused and never unpickled: the run reads the stage from its manifest instead."""
+    from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+
+    from tokenweight.flows.pipeline import pipeline
+    from tokenweight.prefect_records import check_record
+
+    cfg, store, first, digest = synthetic_run
+    pipeline(cfg)
+    records = sorted(p for p in (Path(store) / "_prefect").rglob("*") if p.is_file())
+    assert {p.name for p in records} == {r["key"] for r in first.values()}
+    for path in records:
+        body = path.read_bytes()
+        assert not body.startswith(b"\x80"), f"{path} is a pickle"
+        envelope = json.loads(body)
+        assert envelope["metadata"]["serializer"]["type"] == "json", path
+        assert check_record(body, str(path)) == body
+        assert json.loads(envelope["result"])["key"] == path.name
+
+    marker = tmp_path / "unpickled"
+    key = first["prepare"]["key"]
+    planted = ResultRecord(metadata=ResultRecordMetadata(serializer=PickleSerializer(), storage_key=key),
+                           result=_PlantedPayload(marker))
+    (Path(store) / "_prefect" / key).write_bytes(planted.serialize())
+    again = pipeline(cfg)
+    assert not marker.exists(), "a pickled Prefect record was unpickled"
+    assert {s: r["cached"] for s, r in again.items()} == {s: True for s in STAGES}
+    assert tree_digest(store) == digest
+    assert json.loads((Path(store) / "_prefect" / key).read_bytes())["metadata"]["serializer"]["type"] == "json"
 
 
 def test_changed_learning_rate_reruns_from_the_discriminator(synthetic_run, tiny_model_dir):

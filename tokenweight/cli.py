@@ -129,12 +129,12 @@ def _quiet_prefect_tracebacks() -> None:
 
 def _run_flow(args: argparse.Namespace, cfg):
     if args.command == "compare":
-        from .flows.compare import run_compare
+        from .flows.compare import compare
 
-        return run_compare(cfg)
-    from .flows.pipeline import run_pipeline
+        return compare(cfg)
+    from .flows.pipeline import pipeline
 
-    return run_pipeline(cfg, until=args.until)
+    return pipeline(cfg, until=args.until)
 
 
 def print_compare(result: dict, seconds: float) -> None:

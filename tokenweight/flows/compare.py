@@ -15,11 +15,11 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from ..config import PipelineConfig
-from ..store import Store
+from ..prefect_records import record_storage
 from ..tasks.compare import compare_task
 from ..tasks.eval import eval_task, finetuned_ref, model_ref
 from ..tasks.finetune import finetune_task
-from .pipeline import base_model_task, open_store, prefect_storage, run_cached, run_stages
+from .pipeline import base_model_task, open_store, run_cached, run_stages
 
 BASE_ROW = "base"
 
@@ -28,19 +28,20 @@ BASE_ROW = "base"
 def compare(cfg: PipelineConfig) -> dict[str, Any]:
     """Train and evaluate every arm; returns the stage records and the compare table's record."""
     store = open_store(cfg)
+    records = record_storage(store)
     base = base_model_task(cfg)
-    shared = run_stages(cfg, store, base, until="weights")
+    shared = run_stages(cfg, store, records, base, until="weights")
     data = {"prepared": shared["prepare"], "weighted": shared["weights"]}
     finetuned, evals = {}, {}
     if cfg.compare.include_base:
-        evals[BASE_ROW] = run_cached(eval_task, store, cfg=cfg, **data, model=model_ref(BASE_ROW, base.key, base.path))
+        evals[BASE_ROW] = run_cached(eval_task, store, records, cfg=cfg, **data, model=model_ref(BASE_ROW, base.key, base.path))
     for arm in cfg.compare.arms:
         arm_cfg = cfg.arm(arm)
-        finetuned[arm.name] = run_cached(finetune_task.with_options(task_run_name=f"finetune[{arm.name}]"), store,
+        finetuned[arm.name] = run_cached(finetune_task.with_options(task_run_name=f"finetune[{arm.name}]"), store, records,
                                          cfg=arm_cfg, base=base, **data)
-        evals[arm.name] = run_cached(eval_task, store, cfg=arm_cfg, **data,
+        evals[arm.name] = run_cached(eval_task, store, records, cfg=arm_cfg, **data,
                                      model=finetuned_ref(store, arm.name, finetuned[arm.name]))
-    table = run_cached(compare_task, store, cfg=cfg, evals=evals, finetuned=finetuned)
+    table = run_cached(compare_task, store, records, cfg=cfg, evals=evals, finetuned=finetuned)
     rows = json.loads((store.local_dir("compare", table["key"]) / "table.json").read_text())["rows"]
     create_table_artifact(table=[_flat(r) for r in rows], key="tokenweight-compare",
                           description=(store.local_dir("compare", table["key"]) / "table.md").read_text())
@@ -58,7 +59,3 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
         out[key] = value
     return out
 
-
-def run_compare(cfg: PipelineConfig) -> dict[str, Any]:
-    with prefect_storage(Store(cfg.store)):
-        return compare(cfg)

@@ -4,14 +4,9 @@ A deployment's parameters are what a schedule, the UI or `prefect deployment run
 a config path and `section.key=value` overrides (the CLI's `--set`), plus `until` for the pipeline.
 Each flow reads the config the way `tokenweight run` does and runs the existing flow as a subflow.
 
-Why a subflow: in a deployment the flow run starts in a process that Prefect's runner or worker
-spawns, and a flow run's result storage is fixed when it starts (its tasks inherit it), before
-the config says where the store is; entering `prefect_storage` inside the flow comes too late and
-the records land in the worker's $PREFECT_HOME/storage, which no other machine sees. So the inner
-flow is given its result storage explicitly, chosen by the same rule as local mode: `{store}/_prefect`
-for a local store, else the configured default (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, or the
-server's, from `prefect experimental result-storage set`). Every worker that sees the store then sees the same cache
-records, and a second run shows the finished stages as Cached.
+The stage tasks keep their Prefect records in `{store}/_prefect` whoever runs them (see
+prefect_records.py), so every worker that sees the store sees the same cache records, and a
+second run shows the finished stages as Cached.
 
 A relative config path (and a relative store in it) resolves against the flow run's working
 directory: where `tokenweight serve` was started, or the directory the deployment's pull step sets.
@@ -23,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.filesystems import WritableFileSystem
-from prefect.results import get_default_result_storage
 
 from ..config import PipelineConfig, apply_overrides, parse_config, read_config_file
-from ..store import Store
 from .compare import compare
-from .pipeline import pipeline, prefect_storage
+from .pipeline import pipeline
 
 
 def load_run_config(config: str, overrides: list[str] | None) -> PipelineConfig:
@@ -38,16 +30,6 @@ def load_run_config(config: str, overrides: list[str] | None) -> PipelineConfig:
     # TOKENWEIGHT_REPO stays in a temporary directory).
     path = Path(config).absolute()
     return parse_config(apply_overrides(read_config_file(path), list(overrides or [])), where=str(path))
-
-
-def store_result_storage(cfg: PipelineConfig) -> WritableFileSystem | Path:
-    """The result storage that local mode gives this config's store (see prefect_storage)."""
-    with prefect_storage(Store(cfg.store)):
-        storage = get_default_result_storage(_sync=True)
-    # A flow takes only a saved block (a configured default is one) or a directory's path.
-    if getattr(storage, "_block_document_id", None) is None:
-        return Path(storage.basepath)
-    return storage
 
 
 @flow(name="tokenweight-run", log_prints=True)
@@ -59,10 +41,7 @@ def pipeline_run(config: str, overrides: list[str] | None = None, until: str = "
         overrides: `section.key=value` strings, as `tokenweight run --set`.
         until: the last stage to run (prepare, shuffle, discriminator, score, weights, finetune, eval).
     """
-    cfg = load_run_config(config, overrides)
-    # The inner flow's result is what this flow returns: no need to persist it as well.
-    inner = pipeline.with_options(result_storage=store_result_storage(cfg), persist_result=False)
-    return inner(cfg, until=until)
+    return pipeline(load_run_config(config, overrides), until=until)
 
 
 @flow(name="tokenweight-run-compare", log_prints=True)
@@ -73,6 +52,4 @@ def compare_run(config: str, overrides: list[str] | None = None) -> dict[str, An
         config: pipeline config (YAML) with a compare section; relative to the run's working directory.
         overrides: `section.key=value` strings, as `tokenweight compare --set`.
     """
-    cfg = load_run_config(config, overrides)
-    inner = compare.with_options(result_storage=store_result_storage(cfg), persist_result=False)
-    return inner(cfg)
+    return compare(load_run_config(config, overrides))
