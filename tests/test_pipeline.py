@@ -155,6 +155,26 @@ def test_rft_weights_follow_the_formula(synthetic_run):
                 assert np.allclose(w[cls >= 0], 1 / (cls >= 0).sum())
 
 
+def test_the_control_trains_on_the_same_batches_as_the_discriminator(synthetic_run):
+    """One batch order for both models, from the longer rendering of each sample (the shuffled and
+    the true answer differ in length, so batching each set by its own lengths would differ)."""
+    from tokenweight.kernels.finetune_loop import TrainSettings, batch_order, order_digest
+
+    cfg, _, records, _ = synthetic_run
+    directory = Path(records["discriminator"]["uri"])
+    trained = json.loads((directory / "_manifest.json").read_text())["trained"]
+    shuffle_dir = Path(records["shuffle"]["uri"])
+    lengths = [[len(r) for r in pq.read_table(shuffle_dir / f).column("input_ids").to_pylist()]
+               for f in ("shuffled.parquet", "matched.parquet")]
+    assert lengths[0] != lengths[1]
+    dc = cfg.discriminator
+    settings = TrainSettings(dc.epochs, dc.learning_rate, dc.warmup_share, dc.weight_decay, dc.batch_tokens,
+                             dc.train_layers, dc.seed)
+    expected = order_digest(batch_order([max(a, b) for a, b in zip(*lengths)], settings))
+    assert trained["disc"]["batches"] == trained["control"]["batches"] == expected
+    assert trained["disc"]["steps"] == trained["control"]["steps"]
+
+
 def test_losses_match_the_saved_models(synthetic_run, smol_tokenizer):
     """loss_base / loss_disc / loss_ref equal a plain forward of the models the stages saved."""
     from tokenweight.kernels.batching import pad_batch

@@ -51,7 +51,9 @@ DOWNSTREAM = {
     "finetune": {"finetune", "eval"},
     "eval": {"eval"},
 }
-FIELDS = [(section, field) for section in DOWNSTREAM
+# The device policy reaches every stage that runs a model (and what reads their outputs).
+SECTIONS = {**DOWNSTREAM, "device": {"discriminator", "score", "weights", "finetune", "eval"}}
+FIELDS = [(section, field) for section in SECTIONS
           for field in type(getattr(PipelineConfig(), section)).model_fields]
 
 
@@ -63,7 +65,7 @@ def test_every_config_field_is_in_its_stage_key_and_no_earlier_one(tiny_model_di
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydantic warns when serialising the off-type value
         after = keys_to_eval(cfg.model_copy(update={section: edited}))
-    assert changed(keys_to_eval(cfg), after) == DOWNSTREAM[section]
+    assert changed(keys_to_eval(cfg), after) == SECTIONS[section]
 
 
 @pytest.mark.parametrize("stage", list(DOWNSTREAM))

@@ -73,6 +73,21 @@ Source = Annotated[
 ]
 
 
+class DeviceConfig(_Strict):
+    """Where and in which precision every stage that runs a model runs (one policy for all)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="`auto`: cuda when a GPU is present, else cpu. Part of the keys of the stages "
+        "that run a model, so CPU and GPU workers sharing a store never mix their outputs.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="`auto`: bfloat16 on a GPU that supports it, else float32. bfloat16: score and eval run "
+        "the models in bf16 (scoring 2.9x as fast as float32 on an H100, benchmarks/scoring; per-token "
+        "losses close to, not equal to, float32's); the discriminator and the fine-tune train fp32 weights "
+        "under bf16 autocast.",
+    )
+
+
 class PrepareConfig(_Strict):
     """Read the source, apply the chat template, mask all but assistant tokens, split, shard."""
 
@@ -138,12 +153,6 @@ class ScoreConfig(_Strict):
     )
     seed: int = Field(0, description="Seed of the foreign pairing.")
     chunk_rows: int = Field(1024, ge=1, description="Target positions per chunk of the LM head + CE.")
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="Precision of the models while scoring (on a GPU when one is present). `bfloat16` "
-        "scored 2.9x as fast as float32 on an H100 (benchmarks/scoring), with bf16 rounding in every "
-        "block: its per-token losses are close to, not equal to, float32's.",
-    )
 
 
 class WeightsConfig(_Strict):
@@ -196,8 +205,8 @@ class EvalConfig(_Strict):
     """Generate answers for the eval split, check them, and measure held-out loss per token class."""
 
     backend: Literal["auto", "hf", "vllm"] = Field(
-        "auto", description="`hf` (transformers generate, CPU or GPU), `vllm`, or `auto`: vllm when it and "
-        "CUDA are present, else hf.",
+        "auto", description="`hf` (transformers generate, CPU or GPU), `vllm` (untested: not yet run and "
+        "checked against hf on a GPU), or `auto`, which is hf until the vllm path has been checked.",
     )
     limit: int | None = Field(None, ge=1, description="Evaluate the first this many eval samples.")
     max_new_tokens: int = Field(256, ge=1, description="Longest generated answer.")
@@ -233,6 +242,7 @@ class PipelineConfig(_Strict):
 
     store: str = Field("./runs", description="fsspec URL of the store every stage writes under.")
     model: ModelConfig = Field(default_factory=ModelConfig)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     shuffle: ShuffleConfig = Field(default_factory=ShuffleConfig)
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
@@ -338,7 +348,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
 
 def reference_markdown() -> str:
     """The configuration reference for the README, generated from the fields above."""
-    sections = [("(top level)", PipelineConfig), ("model", ModelConfig), ("prepare", PrepareConfig),
+    sections = [("(top level)", PipelineConfig), ("model", ModelConfig), ("device", DeviceConfig),
+                ("prepare", PrepareConfig),
                 ("prepare.source (kind: bfcl)", BfclSource), ("prepare.source (kind: file)", FileSource),
                 ("prepare.source (kind: synthetic)", SyntheticSource), ("prepare.source (kind: gsm8k)", Gsm8kSource),
                 ("prepare.source (kind: reasoning_gym)", ReasoningGymSource), ("shuffle", ShuffleConfig),

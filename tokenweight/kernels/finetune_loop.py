@@ -1,16 +1,20 @@
 """A small, deterministic fine-tuning loop with the plain loss on target tokens.
 
-Used for the discriminator and its matched control: both take the same batches in the same
-order with the same seed, so the only difference between them is the pairing of their data.
+Used for the discriminator and its matched control: both take the same batches (`batch_order`,
+built once from both sets' lengths) in the same order with the same seed, so the only difference
+between them is the pairing of their data.
 With `train_layers`, the frozen bottom blocks run once per sample (not once per epoch) and only
 the top blocks see gradients.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +57,26 @@ def freeze_below(model, train_layers: int | None) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def batch_order(lengths: Sequence[int], settings: TrainSettings) -> list[list[int]]:
+    """The row indexes of every optimizer step, in order: length-grouped batches under the token
+    budget, shuffled per epoch with the seed, for `ceil(epochs * batches)` steps. Give the
+    discriminator and its control the same order (from the longer of each pair's lengths)."""
+    batches = length_batches(list(lengths), settings.batch_tokens)
+    total = max(1, math.ceil(settings.epochs * len(batches)))
+    rng = random.Random(settings.seed)
+    order: list[list[int]] = []
+    while len(order) < total:
+        epoch = list(batches)
+        rng.shuffle(epoch)
+        order.extend(epoch)
+    return order[:total]
+
+
+def order_digest(order: Sequence[Sequence[int]]) -> str:
+    """A short fingerprint of a batch order, for the manifest."""
+    return hashlib.sha256(json.dumps([list(b) for b in order]).encode()).hexdigest()[:16]
+
+
 @torch.no_grad()
 def _bottom_states(split: TrunkSplit, rows, masks, batch_tokens: int, pad_id: int) -> list[torch.Tensor] | None:
     """The frozen bottom's hidden states of every row (unpadded), or None if they would not fit."""
@@ -62,6 +86,7 @@ def _bottom_states(split: TrunkSplit, rows, masks, batch_tokens: int, pad_id: in
     states: list[torch.Tensor | None] = [None] * len(rows)
     for n, batch in enumerate(length_batches([len(r) for r in rows], batch_tokens)):
         ids, attn, _ = pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id)
+        ids, attn = ids.to(split.head.weight.device), attn.to(split.head.weight.device)
         if n == 0:
             check_split(split, ids, attn)
         hidden = split.bottom(ids, attn)
@@ -91,40 +116,42 @@ def train_on_targets(
     settings: TrainSettings,
     pad_id: int,
     on_step: Callable[[int, int, float, int], None] | None = None,
+    order: Sequence[Sequence[int]] | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> list[float]:
-    """Fine-tune `model` in place on the mean loss over target tokens; returns the loss per step."""
+    """Fine-tune `model` in place (on the device it is on) on the mean loss over target tokens;
+    returns the loss per step. `order` is the steps' batches (default `batch_order` of the rows'
+    lengths); `autocast` is entered around each forward and loss (mixed precision)."""
     torch.manual_seed(settings.seed)
     freeze_below(model, settings.train_layers)
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     optim = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    batches = length_batches([len(r) for r in rows], settings.batch_tokens)
-    total = max(1, math.ceil(settings.epochs * len(batches)))
+    order = list(order) if order is not None else batch_order([len(r) for r in rows], settings)
+    total = len(order)
     warmup = int(settings.warmup_share * total)
-    rng = random.Random(settings.seed)
-    order: list[list[int]] = []
-    while len(order) < total:
-        epoch = list(batches)
-        rng.shuffle(epoch)
-        order.extend(epoch)
     split = TrunkSplit(model, settings.train_layers) if settings.train_layers else None
-    bottom_cache = _bottom_states(split, rows, masks, settings.batch_tokens, pad_id) if split else None
+    with autocast():
+        bottom_cache = _bottom_states(split, rows, masks, settings.batch_tokens, pad_id) if split else None
     model.train()
     losses = []
-    for step, batch in enumerate(order[:total]):
+    for step, batch in enumerate(order):
         for group in optim.param_groups:
             group["lr"] = _lr_at(step, total, warmup, settings.learning_rate)
-        ids, attn, loss_mask = pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id)
-        if split is None:
-            token_losses = target_token_losses(model, ids, attn, loss_mask, settings.chunk_rows)
-        else:
-            if bottom_cache is not None:
-                hidden = _pad_states([bottom_cache[i] for i in batch], ids.shape[1])
+        ids, attn, loss_mask = (t.to(device) for t in pad_batch([rows[i] for i in batch], [masks[i] for i in batch], pad_id))
+        with autocast():
+            if split is None:
+                token_losses = target_token_losses(model, ids, attn, loss_mask, settings.chunk_rows)
             else:
-                with torch.no_grad():
-                    hidden = split.bottom(ids, attn)
-            token_losses = losses_from_hidden(split.top(hidden, attn), split.head, ids, loss_mask, settings.chunk_rows)
-        n_targets = int(loss_mask[:, 1:].sum())
-        loss = token_losses.sum() / max(1, n_targets)
+                if bottom_cache is not None:
+                    hidden = _pad_states([bottom_cache[i] for i in batch], ids.shape[1])
+                else:
+                    with torch.no_grad():
+                        hidden = split.bottom(ids, attn)
+                token_losses = losses_from_hidden(split.top(hidden, attn), split.head, ids, loss_mask,
+                                                  settings.chunk_rows)
+            n_targets = int(loss_mask[:, 1:].sum())
+            loss = token_losses.sum() / max(1, n_targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()

@@ -2,7 +2,8 @@
 
 Prompts are chat-template texts ending in the generation prompt. The hf backend sorts prompts by
 length so each batch pads little, pads on the left (what decoder-only generation needs) and
-returns the answers in the order given. The vllm backend is used where vllm and CUDA are present.
+returns the answers in the order given. The vllm backend runs only when asked for by name
+(`eval.backend: vllm`): it has not yet been run and checked against hf on a GPU, so `auto` means hf.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ def vllm_usable() -> bool:
 
 
 def pick_backend(backend: str) -> str:
-    """`auto` -> vllm when it can run here, else hf; an explicit vllm that cannot run is an error."""
+    """`auto` -> hf (nothing untested is chosen silently); an explicit vllm that cannot run is an error."""
     if backend == "auto":
-        return "vllm" if vllm_usable() else "hf"
+        return "hf"
     if backend == "vllm" and not vllm_usable():
         raise RuntimeError("eval.backend is vllm but vllm or CUDA is not available here; use hf or auto")
     return backend

@@ -20,7 +20,7 @@ from ..paired_bootstrap import paired_difference, ratio
 from ..store import Store, StageWriter, stage_key
 from .common import input_dir, read_manifest, run_stage
 
-STAGE, VERSION = "compare", "1"
+STAGE, VERSION = "compare", "2"
 
 # metric -> (numerator column, denominator column): each is a ratio of per-sample sums.
 METRICS = {

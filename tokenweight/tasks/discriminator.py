@@ -1,8 +1,9 @@
 """discriminator: fine-tune the base model on the shuffled sample (plain loss on assistant tokens).
 
 With `reference: control` it also tunes the matched control: the same base, the same sample with
-its true pairing, the same steps, batches and seed. Models are saved as safetensors in `disc/` and
-`control/`.
+its true pairing, the same steps, batches (one batch order, built from the longer of each pair's
+two renderings) and seed. Models train on the device and in the precision of the run's `device`
+policy, and are saved as safetensors in `disc/` and `control/`.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from ..config import PipelineConfig
+from ..device_policy import placement
 from ..faults import crash_point
-from ..kernels.finetune_loop import TrainSettings, train_on_targets
+from ..kernels.finetune_loop import TrainSettings, batch_order, order_digest, train_on_targets
 from ..models import BaseModel, load_model, load_tokenizer, save_model
 from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, logger, run_stage
 
-STAGE, VERSION = "discriminator", "1"
+STAGE, VERSION = "discriminator", "2"
 
 
 def discriminator_key(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel) -> str:
-    return stage_key(STAGE, VERSION, cfg.discriminator.model_dump(mode="json"), {"shuffle": shuffled["key"], "base_model": base.key})
+    return stage_key(STAGE, VERSION, cfg.discriminator.model_dump(mode="json"),
+                     {"shuffle": shuffled["key"], "base_model": base.key}, {"placement": placement(cfg.device).key()})
 
 
 def models_of(reference: str) -> list[tuple[str, str]]:
@@ -41,11 +44,18 @@ def _run(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel, writer:
     tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
     settings = TrainSettings(dc.epochs, dc.learning_rate, dc.warmup_share, dc.weight_decay, dc.batch_tokens,
                              dc.train_layers, dc.seed)
+    data = {name: pq.read_table(data_dir / file, columns=["id", "input_ids", "loss_mask"]).to_pydict()
+            for name, file in models_of(dc.reference)}
+    if "control" in data and data["control"]["id"] != data["disc"]["id"]:
+        raise ValueError(f"{data_dir}: shuffled.parquet and matched.parquet do not hold the same samples in order")
+    # One batch order for both models: the same samples in the same steps.
+    order = batch_order([max(len(d["input_ids"][i]) for d in data.values()) for i in range(len(data["disc"]["id"]))],
+                        settings)
+    place = placement(cfg.device)
     trained = {}
-    for name, file in models_of(dc.reference):
-        table = pq.read_table(data_dir / file, columns=["input_ids", "loss_mask"])
-        rows, masks = table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist()
-        model = load_model(base.path, cfg.model.trust_remote_code)
+    for name, columns in data.items():
+        rows, masks = columns["input_ids"], columns["loss_mask"]
+        model = load_model(base.path, cfg.model.trust_remote_code).to(place.device)
         progress: list[Progress] = []  # made at the first step, when the step count is known
         started = time.time()
 
@@ -55,21 +65,23 @@ def _run(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel, writer:
             progress[0].update(1, loss=f"{loss:.3f}", tokens=tokens)
             crash_point("discriminator.step")
 
-        losses = train_on_targets(model, rows, masks, settings, tokenizer.pad_token_id, on_step)
+        losses = train_on_targets(model, rows, masks, settings, tokenizer.pad_token_id, on_step, order,
+                                  place.autocast)
         progress[0].close()
-        save_model(model, tokenizer, writer.dir / name)
+        save_model(model.to("cpu"), tokenizer, writer.dir / name)
         trained[name] = {
             "steps": len(losses),
             "first_loss": round(losses[0], 4),
             "last_loss": round(losses[-1], 4),
             "losses": [round(x, 4) for x in losses],
             "samples": len(rows),
+            "batches": order_digest(order),
             "seconds": round(time.time() - started, 1),
         }
         logger().info("discriminator[%s]: %d steps, loss %.3f -> %.3f", name, len(losses), losses[0], losses[-1])
         del model
     return writer.commit(trained=trained, reference=dc.reference, config=dc.model_dump(mode="json"),
-                         inputs={"shuffle": shuffled["key"], "base_model": base.key})
+                         placement=place.key(), inputs={"shuffle": shuffled["key"], "base_model": base.key})
 
 
 def run_discriminator(cfg: PipelineConfig, shuffled: dict[str, Any], base: BaseModel) -> dict[str, Any]:

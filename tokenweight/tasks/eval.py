@@ -22,6 +22,7 @@ import torch
 from prefect import task
 
 from ..config import PipelineConfig
+from ..device_policy import placement
 from ..kernels.batching import length_batches, pad_batch
 from ..kernels.generate import hf_generate, pick_backend, vllm_generate
 from ..kernels.token_loss import target_token_losses
@@ -29,7 +30,7 @@ from ..models import load_model, load_tokenizer
 from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, run_stage
 
-STAGE, VERSION = "eval", "1"
+STAGE, VERSION = "eval", "2"
 
 PREDICTIONS = pa.schema(
     [
@@ -59,7 +60,8 @@ def finetuned_ref(store: Store, name: str, record: dict[str, Any]) -> dict[str, 
 
 def eval_key(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any], model: dict[str, str]) -> str:
     inputs = {"prepare": prepared["key"], "weights": weighted["key"], "model": model["key"]}
-    return stage_key(STAGE, VERSION, cfg.eval.model_dump(mode="json"), inputs, {"backend": pick_backend(cfg.eval.backend)})
+    return stage_key(STAGE, VERSION, cfg.eval.model_dump(mode="json"), inputs,
+                     {"backend": pick_backend(cfg.eval.backend), "placement": placement(cfg.device).key()})
 
 
 def eval_rows(prep_dir, weights_dir, limit: int | None) -> list[dict[str, Any]]:
@@ -157,9 +159,8 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any]
     rows = eval_rows(input_dir(store, prepared), input_dir(store, weighted), ec.limit)
     backend = pick_backend(ec.backend)
     tokenizer = load_tokenizer(model_info["path"], cfg.model.trust_remote_code)
-    model = load_model(model_info["path"], cfg.model.trust_remote_code)
-    if torch.cuda.is_available():
-        model = model.to("cuda", dtype=torch.bfloat16)
+    place = placement(cfg.device)
+    model = load_model(model_info["path"], cfg.model.trust_remote_code).to(place.device, dtype=place.torch_dtype)
     progress = Progress(f"eval[{model_info['name']}] held-out loss", len(rows), "samples")
     losses = heldout_losses(model, rows, tokenizer.pad_token_id, ec.loss_batch_tokens, progress)
     loss_seconds = progress.close()
@@ -190,6 +191,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any]
     metrics = {
         "model": model_info,
         "backend": backend,
+        "placement": place.key(),
         **summarize(table),
         "seconds": {"heldout_loss": round(loss_seconds, 1), "generate": round(gen_seconds, 1)},
         "generated_tokens_per_s": round(sum(new_tokens) / max(gen_seconds, 1e-9), 1),

@@ -16,11 +16,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import task
 from transformers import TrainerCallback, TrainingArguments
 
 from ..config import FinetuneConfig, PipelineConfig
+from ..device_policy import CPU_FP32, Placement, placement
 from ..faults import crash_point
 from ..kernels.finetune_loop import freeze_below
 from ..kernels.weighted_trainer import TokenRows, WeightedLossTrainer, collate, last_complete_checkpoint
@@ -28,7 +28,7 @@ from ..models import BaseModel, load_model, load_tokenizer, save_model
 from ..store import Store, StageWriter, stage_key
 from .common import input_dir, iter_shards, logger, run_stage
 
-STAGE, VERSION = "finetune", "1"
+STAGE, VERSION = "finetune", "2"
 
 
 def finetune_inputs(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any], base: BaseModel):
@@ -40,7 +40,7 @@ def finetune_inputs(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dic
 
 def finetune_key(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any], base: BaseModel) -> str:
     _, inputs = finetune_inputs(cfg, prepared, weighted, base)
-    return stage_key(STAGE, VERSION, cfg.finetune.model_dump(mode="json"), inputs)
+    return stage_key(STAGE, VERSION, cfg.finetune.model_dump(mode="json"), inputs, {"placement": placement(cfg.device).key()})
 
 
 def train_rows(directory: Path, with_weights: bool) -> list[dict[str, Any]]:
@@ -82,8 +82,9 @@ class _LogToRun(TrainerCallback):
                           logs.get("tokens_per_s", 0.0), left)
 
 
-def training_arguments(fc: FinetuneConfig, output_dir: Path) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
+def training_arguments(fc: FinetuneConfig, output_dir: Path, place: Placement = CPU_FP32) -> TrainingArguments:
+    """The Trainer's arguments: the stage's settings, on the device and in the precision of `place`
+    (bf16 mixed precision, fp32 weights)."""
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=fc.batch_size,
@@ -104,15 +105,16 @@ def training_arguments(fc: FinetuneConfig, output_dir: Path) -> TrainingArgument
         train_sampling_strategy="group_by_length",  # less padding, the same order for a seed
         remove_unused_columns=False,
         report_to="none",
-        use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=place.device == "cpu",
+        bf16=place.dtype == "bfloat16",
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
 
 
 def train_model(fc: FinetuneConfig, rows: list[dict[str, Any]], base_path: str, work: Path,
-                trust_remote_code: bool = False, callbacks: list[TrainerCallback] = ()) -> tuple[Any, Any, dict]:
+                trust_remote_code: bool = False, callbacks: list[TrainerCallback] = (),
+                place: Placement = CPU_FP32) -> tuple[Any, Any, dict]:
     """Train (resuming from the last checkpoint in `work` if there is one); returns the model,
     its tokenizer and what the run did."""
     tokenizer = load_tokenizer(base_path, trust_remote_code)
@@ -120,7 +122,7 @@ def train_model(fc: FinetuneConfig, rows: list[dict[str, Any]], base_path: str, 
     trainable = freeze_below(model, fc.train_layers)
     trainer = WeightedLossTrainer(
         model=model,
-        args=training_arguments(fc, work),
+        args=training_arguments(fc, work, place),
         train_dataset=TokenRows(rows),
         data_collator=partial(collate, pad_id=tokenizer.pad_token_id),
         callbacks=[_LogToRun(), *callbacks],
@@ -153,10 +155,11 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any]
     logger().info("finetune[%s]: %d train samples, %d target tokens", fc.method, len(rows),
                   sum(sum(r["loss_mask"]) for r in rows))
     work = store.work_dir(STAGE, key)
-    model, tokenizer, info = train_model(fc, rows, base.path, work, cfg.model.trust_remote_code)
+    place = placement(cfg.device)
+    model, tokenizer, info = train_model(fc, rows, base.path, work, cfg.model.trust_remote_code, place=place)
     save_model(model, tokenizer, writer.dir / "model")
     (writer.dir / "log_history.json").write_text(json.dumps(info.pop("log_history"), indent=1))
-    record = writer.commit(train=info, config=fc.model_dump(mode="json"), inputs=inputs)
+    record = writer.commit(train=info, config=fc.model_dump(mode="json"), placement=place.key(), inputs=inputs)
     shutil.rmtree(work, ignore_errors=True)  # the checkpoints are not needed once the model is out
     return record
 

@@ -24,7 +24,7 @@ from ..samples import Reject, Sample
 from ..store import Store, StageWriter, sha256_file, stage_key
 from .common import Progress, logger, run_stage
 
-STAGE, VERSION = "prepare", "1"
+STAGE, VERSION = "prepare", "2"
 
 # The sample's columns, carried unchanged into the weighted dataset.
 SAMPLE_FIELDS = [

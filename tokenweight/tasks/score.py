@@ -18,13 +18,14 @@ import torch
 from prefect import task
 
 from ..config import PipelineConfig
+from ..device_policy import placement
 from ..kernels.foreign_context import foreign_rows, move_targets
 from ..kernels.score_tokens import score_rows
 from ..models import BaseModel, load_model, load_tokenizer
 from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 
-STAGE, VERSION = "score", "1"
+STAGE, VERSION = "score", "2"
 
 SCHEMA = pa.schema(
     [
@@ -38,20 +39,19 @@ SCHEMA = pa.schema(
 
 def score_key(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], base: BaseModel) -> str:
     inputs = {"prepare": prepared["key"], "discriminator": disc["key"], "base_model": base.key}
-    return stage_key(STAGE, VERSION, cfg.score.model_dump(mode="json"), inputs)
+    return stage_key(STAGE, VERSION, cfg.score.model_dump(mode="json"), inputs, {"placement": placement(cfg.device).key()})
 
 
 def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], base: BaseModel, writer: StageWriter):
     store = Store(cfg.store)
     prep_dir, disc_dir = input_dir(store, prepared), input_dir(store, disc)
     tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, cfg.score.dtype)
+    place = placement(cfg.device)
     models = {"base": load_model(base.path, cfg.model.trust_remote_code)}
     disc_manifest = read_manifest(disc_dir)
     for name in disc_manifest["trained"]:
         models[name] = load_model(str(disc_dir / name), cfg.model.trust_remote_code)
-    models = {name: m.to(device=device, dtype=dtype).eval() for name, m in models.items()}
+    models = {name: m.to(device=place.device, dtype=place.torch_dtype).eval() for name, m in models.items()}
     sc, shared = cfg.score, disc_manifest["config"]["train_layers"]
     foreign = sc.disc_context == "foreign"
     # In its own context the discriminator reads the same batches as the others; in a foreign one,
@@ -95,10 +95,10 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
     counts = {"tokens": tokens, "models": list(models),
               "disc_context": sc.disc_context, "disc_own_input": own_input,
               "tokens_per_s": round(total / max(seconds, 1e-9), 1), "threads": torch.get_num_threads(),
-              "device": device, "shards_resumed": len(done)}
+              "device": place.device, "dtype": place.dtype, "shards_resumed": len(done)}
     logger().info("score: %s in %.1fs", counts, seconds)
     inputs = {"prepare": prepared["key"], "discriminator": disc["key"], "base_model": base.key}
-    return writer.commit(counts=counts, config=cfg.score.model_dump(mode="json"), inputs=inputs)
+    return writer.commit(counts=counts, config=cfg.score.model_dump(mode="json"), placement=place.key(), inputs=inputs)
 
 
 def run_score(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], base: BaseModel) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ..models import BaseModel, load_tokenizer
 from ..store import Store, StageWriter, stage_key
 from .common import input_dir, iter_shards, logger, run_stage
 
-STAGE, VERSION = "shuffle", "1"
+STAGE, VERSION = "shuffle", "2"
 
 SCHEMA = pa.schema(
     [

@@ -26,7 +26,7 @@ from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 from .prepare import SAMPLE_FIELDS
 
-STAGE, VERSION = "weights", "1"
+STAGE, VERSION = "weights", "2"
 
 SCHEMA = pa.schema(
     [
