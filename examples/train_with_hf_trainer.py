@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         remove_unused_columns=False,  # the collator needs loss_mask and weight, which forward() does not take
     )
     trainer = WeightedTokenTrainer(
-        model=AutoModelForCausalLM.from_pretrained(a.model),
+        model=AutoModelForCausalLM.from_pretrained(a.model, use_safetensors=True),
         args=args,
         train_dataset=load_weight_shards(a.shards, split="train"),
         processing_class=tokenizer,  # saved with the model

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         dataset_kwargs={"skip_prepare_dataset": True},  # tokenized and truncated by tokenweight already
     )
     trainer = WeightedSFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(a.model),
+        model=AutoModelForCausalLM.from_pretrained(a.model, use_safetensors=True),
         args=args,
         train_dataset=load_weight_shards(a.shards, split="train"),
         processing_class=tokenizer,

@@ -79,7 +79,7 @@ def test_a_store_url_with_a_password_exits_2_without_printing_it(tmp_path, capsy
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, "s3://KEYID:very-secret-value@bucket/tw")
     assert main(["run", cfg]) == 2
     err, lines = error_lines(capsys)
-    assert len(lines) == 1 and "holds a password" in lines[0] and "very-secret-value" not in err
+    assert len(lines) == 1 and "holds credentials" in lines[0] and "very-secret-value" not in err
 
 
 def test_an_empty_data_file_exits_2_with_one_line(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):
@@ -88,7 +88,8 @@ def test_an_empty_data_file_exits_2_with_one_line(tmp_path, tiny_model_dir, pref
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store")
     assert main(["run", cfg, "--data", str(empty)]) == 2
     err, lines = error_lines(prefect_capfd)
-    assert len(lines) == 1 and "no rows to read" in lines[0], err
+    assert len(lines) == 1 and str(empty) in lines[0] and "has no rows" in lines[0], err
+    assert "one JSON object per line" in lines[0]  # what to put there
     assert "Traceback" not in err
 
 

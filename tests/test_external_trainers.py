@@ -209,3 +209,21 @@ def test_example_trains_and_saves_a_model(script, weight_shards, tiny_model_dir,
     after = load_file(out / "model.safetensors")
     assert before.keys() == after.keys() and (out / "tokenizer.json").is_file()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("script", ["train_with_hf_trainer", "train_with_trl"])
+def test_examples_refuse_a_model_with_only_pickled_weights(script, weight_shards, tiny_model_dir, tmp_path):
+    """The examples load safetensors only: a model directory holding a pickled checkpoint is an error,
+    and the pickle is never unpickled."""
+    import importlib
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model_dir = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, model_dir)
+    torch.save(load_file(model_dir / "model.safetensors"), model_dir / "pytorch_model.bin")
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="safetensors"):
+        importlib.import_module(f"examples.{script}").main(
+            [str(weight_shards), str(model_dir), "--output", str(tmp_path / "out"), "--max-steps", "1"])

@@ -50,3 +50,16 @@ def test_unaligned_or_empty_inputs_are_errors():
         paired_difference(np.ones(3), np.ones(3), np.ones(2), np.ones(2))
     with pytest.raises(ValueError, match="no samples"):
         paired_difference(np.ones(0), np.ones(0), np.ones(0), np.ones(0))
+
+
+def test_resamples_without_a_denominator_are_counted_not_silently_dropped():
+    """One sample in ten has the measured class: about (9/10)^10 = 35% of the resamples of 10 draw
+    none of it, have no ratio, and are counted in `dropped`; the interval uses the rest."""
+    den = np.zeros(10)
+    den[0] = 5
+    num = den * 0.5
+    d = paired_difference(num, den, num * 0.8, den, resamples=2000, seed=0)
+    assert 0.25 * 2000 < d.dropped < 0.45 * 2000
+    assert d.low == d.high == pytest.approx(0.5 - 0.4)  # every resample with the sample gives the same ratios
+    full = paired_difference(np.ones(10), np.ones(10), np.ones(10), np.ones(10), resamples=500)
+    assert full.dropped == 0

@@ -86,7 +86,10 @@ def check_weighted_dataset(records, method, reference):
     assert meta["tokenweight.reference"] == reference
     assert meta["tokenweight.discriminator_key"] == records["discriminator"]["key"]
     assert json.loads(meta["tokenweight.params"])["method"] == method
-    assert {"tokenweight.version", "tokenweight.base_model", "tokenweight.tokenizer"} <= set(meta)
+    assert {"tokenweight.version", "tokenweight.base_model", "tokenweight.base_model_key",
+            "tokenweight.tokenizer_sha256"} <= set(meta)
+    assert meta["tokenweight.weights_key"] == records["weights"]["key"]
+    assert not any("/" in v for k, v in meta.items() if k != "tokenweight.params"), meta  # no path of this machine
     rows = table.to_pylist()
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
@@ -153,6 +156,18 @@ def test_rft_weights_follow_the_formula(synthetic_run):
                 assert (w * loss).sum() == pytest.approx(wb * lb + wr * lr, rel=1e-4)
             else:
                 assert np.allclose(w[cls >= 0], 1 / (cls >= 0).sum())
+
+
+def test_the_same_data_written_to_two_stores_is_the_same_bytes(synthetic_run, tmp_path):
+    """Nothing in a weight shard names the store it was written to (the tokenizer is recorded by
+    its hash, the model by its name and key), so a copy made elsewhere is byte for byte the same."""
+    cfg, store, records, _ = synthetic_run
+    other = run(cfg.model_copy(update={"store": str(tmp_path / "elsewhere")}))
+    assert other["weights"]["key"] == records["weights"]["key"]
+    first, second = shards(records["weights"]["uri"]), shards(other["weights"]["uri"])
+    assert [Path(p).name for p in first] == [Path(p).name for p in second] and first
+    for a, b in zip(first, second):
+        assert Path(a).read_bytes() == Path(b).read_bytes(), a
 
 
 def test_the_control_trains_on_the_same_batches_as_the_discriminator(synthetic_run):

@@ -67,6 +67,25 @@ def _dir_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def portable_name(base: BaseModel) -> str:
+    """The base model's name as another machine can read it: the built-in name, or the model
+    directory's own name (never the path of one machine's store or home)."""
+    return base.name if base.name == BUILTIN_SMOLLM2 else Path(base.name).name
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def tokenizer_fingerprint(model_dir: str) -> str:
+    """sha256 over the tokenizer files of a model directory: the same tokenizer anywhere, the same value."""
+    h = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        path = Path(model_dir) / name
+        if path.is_file():
+            h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def check_model_name(cfg: ModelConfig) -> None:
     """Fail early, before any work, on a model that cannot be found."""
     if cfg.name == BUILTIN_SMOLLM2:

@@ -2,7 +2,9 @@
 
 A metric is a ratio of per-sample sums (accuracy = correct / checked; a class's held-out loss =
 loss sum / token count), so one resample of the sample ids recomputes both models' ratios on the
-same ids and takes their difference. The 95% interval is the 2.5 and 97.5 percentiles.
+same ids and takes their difference. The 95% interval is the 2.5 and 97.5 percentiles. A
+resample whose denominator is 0 for either model (no checked sample, no token of that class among
+the ids drawn) has no ratio: it is left out of the percentiles and counted in `dropped`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ class Difference:
     value: float  # metric(a) - metric(b) on all samples
     low: float
     high: float
+    dropped: int = 0  # resamples without a ratio (a zero denominator), left out of the interval
 
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
@@ -41,7 +44,9 @@ def paired_difference(num_a: np.ndarray, den_a: np.ndarray, num_b: np.ndarray, d
     na, da, nb, db = (x[idx].sum(axis=1) for x in arrays)
     with np.errstate(invalid="ignore", divide="ignore"):
         diffs = na / da - nb / db
-    diffs = diffs[np.isfinite(diffs)]
+    finite = np.isfinite(diffs)
+    diffs = diffs[finite]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(diffs, [tail, 100 - tail]) if len(diffs) else (float("nan"),) * 2
-    return Difference(ratio(arrays[0], arrays[1]) - ratio(arrays[2], arrays[3]), float(low), float(high))
+    return Difference(ratio(arrays[0], arrays[1]) - ratio(arrays[2], arrays[3]), float(low), float(high),
+                      int((~finite).sum()))

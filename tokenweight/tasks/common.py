@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,19 +11,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..run_log import logger
 from ..store import StageRecord, StageWriter, Store, verify_output
 
 SHARD_GLOB = "part-*.parquet"
-
-
-def logger() -> logging.Logger:
-    """Prefect's run logger inside a flow or task run, a plain logger elsewhere."""
-    try:
-        from prefect.logging import get_run_logger
-
-        return get_run_logger()  # type: ignore[return-value]
-    except Exception:  # outside a Prefect run context
-        return logging.getLogger("tokenweight")
 
 
 def run_stage(store: Store, stage: str, key: str, work: Callable[[StageWriter], StageRecord],

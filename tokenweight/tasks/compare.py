@@ -61,7 +61,8 @@ def build_table(per_arm: dict[str, dict[str, np.ndarray]], train: dict[str, dict
             row[metric] = ratio(cols[num], cols[den])
             if name != baseline:
                 diff = paired_difference(cols[num], cols[den], ref[num], ref[den], resamples, seed)
-                row[f"{metric}_diff"] = {"value": diff.value, "low": diff.low, "high": diff.high}
+                row[f"{metric}_diff"] = {"value": diff.value, "low": diff.low, "high": diff.high,
+                                         "dropped": diff.dropped}
         info = train.get(name)
         row["train_seconds"] = info["train_seconds"] if info else None
         row["train_steps"] = info["steps"] if info else None
@@ -69,7 +70,7 @@ def build_table(per_arm: dict[str, dict[str, np.ndarray]], train: dict[str, dict
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], baseline: str, samples: int) -> str:
+def markdown(rows: list[dict[str, Any]], baseline: str, samples: int, resamples: int) -> str:
     head = ["arm"] + [m for m in METRICS] + ["train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -84,6 +85,11 @@ def markdown(rows: list[dict[str, Any]], baseline: str, samples: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\n{samples} eval samples. In brackets: difference from `{baseline}` and its 95% paired-bootstrap "
             "interval. accuracy: higher is better; held-out losses (nats/token, by token class): lower is better.\n")
+    dropped = [f"{row['arm']} {metric} {row[f'{metric}_diff']['dropped']}" for row in rows for metric in METRICS
+               if row.get(f"{metric}_diff", {}).get("dropped")]
+    if dropped:
+        note += (f"Resamples left out of an interval because they drew no sample to measure (of {resamples}): "
+                 + ", ".join(dropped) + ".\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -96,7 +102,7 @@ def _run(cfg: PipelineConfig, evals: dict[str, dict[str, Any]], finetuned: dict[
     cc = cfg.compare
     rows = build_table(per_arm, train, cc.baseline, cc.bootstrap, cc.seed)
     samples = len(per_arm[cc.baseline]["id"])
-    text = markdown(rows, cc.baseline, samples)
+    text = markdown(rows, cc.baseline, samples, cc.bootstrap)
     (writer.dir / "table.md").write_text(text)
     (writer.dir / "table.json").write_text(json.dumps({"baseline": cc.baseline, "samples": samples, "rows": rows,
                                                        "evals": {n: r["key"] for n, r in evals.items()}}, indent=2))

@@ -181,7 +181,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], weighted: dict[str, Any]
     gen_seconds = progress.close()
 
     out = []
-    for row, answer, count, loss in zip(rows, answers, new_tokens, losses):
+    for row, answer, count, loss in zip(rows, answers, new_tokens, losses, strict=True):
         task_name, correct, error, gold = check_answer(answer, json.loads(row["meta"]))
         out.append({"id": row["id"], "task": task_name, "prediction": answer, "correct": correct, "error": error,
                     "gold": gold, "new_tokens": count, "loss_boilerplate_sum": loss[0], "boilerplate_tokens": int(loss[1]),

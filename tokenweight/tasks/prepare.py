@@ -123,6 +123,15 @@ def split_of(sample_id: str, seed: int, eval_share: float) -> str:
     return "eval" if h / 2**64 < eval_share else "train"
 
 
+def _no_rows(pc) -> str:
+    """What to tell a user whose source gave no rows at all: which file, and what it should hold."""
+    files = [s.path for s in (pc.source, pc.eval_source) if isinstance(s, FileSource)]
+    if files:
+        return (f"{', '.join(files)}: the data file has no rows. Give a .jsonl file with one JSON object per line "
+                "(`messages` in OpenAI style, or `prompt` and `completion`), or a .parquet file with those columns")
+    return f"source {pc.source.kind}: no rows to read (check its settings, e.g. categories or limits)"
+
+
 def _origin_of(sample: Sample) -> tuple[str, int]:
     file, _, line = sample.origin.rpartition(":")
     return (file, int(line)) if line.isdigit() else (sample.origin, 0)
@@ -191,7 +200,7 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
     seconds = progress.close()
     read = totals["accepted"] + len(rejects)
     if read == 0:
-        raise PrepareError(f"source {pc.source.kind}: no rows to read")
+        raise PrepareError(_no_rows(pc))
     if len(rejects) / read > pc.max_reject_share:
         reasons = ", ".join(f"{r} ({n})" for r, n in Counter(r.reason.split(":")[0] for r in rejects).most_common(3))
         raise PrepareError(

@@ -80,7 +80,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
         if other is not None:
             disc_losses = score_rows({"disc": models["disc"]}, other.rows, other.masks, tokenizer.pad_token_id,
                                      sc.batch_tokens, sc.chunk_rows, on_batch=progress.update)["disc"]
-            scores["disc"] = [move_targets(d, fm, m) for d, fm, m in zip(disc_losses, other.masks, masks)]
+            scores["disc"] = [move_targets(d, fm, m) for d, fm, m in zip(disc_losses, other.masks, masks, strict=True)]
         out = pa.table(
             {
                 "id": table.column("id"),

@@ -20,7 +20,7 @@ from prefect import task
 from .. import __version__
 from ..config import PipelineConfig
 from ..kernels.token_weights import sample_weights, token_classes, word_groups
-from ..models import BaseModel, load_tokenizer
+from ..models import BaseModel, load_tokenizer, portable_name, tokenizer_fingerprint
 from ..report_html import write_report
 from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
@@ -112,8 +112,12 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
         "tokenweight.method": wc.method,
         "tokenweight.params": json.dumps(wc.model_dump(mode="json"), sort_keys=True),
         "tokenweight.reference": reference,
-        "tokenweight.base_model": base.name,
-        "tokenweight.tokenizer": base.path,
+        # Portable: the same data written to two stores is the same bytes, and a reader on another
+        # machine gets names and hashes it can check, not a path inside the writer's store.
+        "tokenweight.base_model": portable_name(base),
+        "tokenweight.base_model_key": base.key,
+        "tokenweight.tokenizer_sha256": tokenizer_fingerprint(base.path),
+        "tokenweight.weights_key": writer.key,
         "tokenweight.discriminator_key": disc["key"],
     }
     tally = _Tally()
@@ -121,16 +125,19 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
         raise ValueError(f"{prep_dir} and {score_dir} have different shard counts")
     done = writer.done_shards()
     progress = Progress("weights", read_manifest(prep_dir)["counts"]["accepted"], "samples")
-    for index, ((_, prep), (_, score)) in enumerate(zip(iter_shards(prep_dir), iter_shards(score_dir))):
+    for index, ((prep_path, prep), (score_path, score)) in enumerate(zip(iter_shards(prep_dir), iter_shards(score_dir))):
+        if prep.num_rows != score.num_rows:
+            raise ValueError(f"{prep_path} has {prep.num_rows} rows but its scores {score_path} have "
+                             f"{score.num_rows}: the score output does not belong to this prepare output")
         if index in done:  # finished by an interrupted run: only its counts are needed
             finished = pq.read_table(writer.dir / f"part-{index:05d}.parquet").to_pylist()
-            for p, w in zip(prep.to_pylist(), finished):
+            for p, w in zip(prep.to_pylist(), finished, strict=True):
                 ld = np.asarray(w["loss_disc"], dtype=np.float32) - np.asarray(w["loss_ref"], dtype=np.float32)
                 tally.add(p["split"], np.asarray(w["input_ids"]), np.asarray(w["token_class"]), ld, p["role_truth"])
             progress.update(prep.num_rows)
             continue
         rows = []
-        for p, s in zip(prep.to_pylist(), score.to_pylist()):
+        for p, s in zip(prep.to_pylist(), score.to_pylist(), strict=True):
             if p["id"] != s["id"]:
                 raise ValueError(f"shard {index}: prepared row {p['id']!r} scored as {s['id']!r}")
             mask = np.asarray(p["loss_mask"], dtype=np.int8)
