@@ -1,14 +1,18 @@
 """The Trainer-based fine-tune on the tiny model: exact accumulation, logs, crash and resume."""
 
+import dataclasses
+import math
 import random
+from functools import partial
 
 import pytest
 import torch
-from transformers import TrainerCallback
+from transformers import LlamaForCausalLM, TrainerCallback
 
 from tokenweight.config import FinetuneConfig
-from tokenweight.kernels.weighted_trainer import TokenRows, collate
-from tokenweight.tasks.finetune import train_model
+from tokenweight.kernels.weighted_trainer import TokenRows, WeightedLossTrainer, collate
+from tokenweight.models import load_model
+from tokenweight.tasks.finetune import train_model, training_arguments
 
 
 def _rows(tokenizer, n=12, seed=0):
@@ -160,3 +164,92 @@ def test_unknown_classes_train_sft_without_class_logs_and_are_refused_by_rft(tin
     assert "loss_boilerplate" not in logged and "loss_reasoning" not in logged and logged["tokens_per_s"] > 0
     with pytest.raises(ValueError, match="rft needs a class .* row 0"):
         train_model(_config(method="rft", max_steps=1), rows, tiny_model_dir, tmp_path / "rft")
+
+
+# --- the forward goes through the model the Trainer hands compute_loss ---------------------------
+
+
+class _SeenLosses(WeightedLossTrainer):
+    """Keeps each micro-batch's inputs and the per-token losses compute_loss computed for it."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, out = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        self.__dict__.setdefault("seen", []).append(({k: v.clone() for k, v in inputs.items()},
+                                                     out["losses"].detach().clone()))
+        return (loss, out) if return_outputs else loss
+
+
+def _one_step(model, tokenizer, rows, out, bf16=False, callbacks=()):
+    fc = _config(method="sft", batch_size=len(rows), grad_accum=1, max_steps=1, max_grad_norm=1e6)  # no clipping
+    args = training_arguments(fc, out)
+    if bf16:  # accelerate's autocast in bf16 (it supports it on the CPU)
+        args = dataclasses.replace(args, bf16=True)
+    trainer = _SeenLosses(model=model, args=args, train_dataset=TokenRows(rows), callbacks=list(callbacks),
+                          data_collator=partial(collate, pad_id=tokenizer.pad_token_id), method="sft")
+    trainer.train()
+    trainer.precision = trainer.accelerator.mixed_precision  # (the accelerate state is per process: read it now)
+    return trainer
+
+
+class _NoLogitsToKeep(LlamaForCausalLM):
+    """A causal LM whose forward does not declare `logits_to_keep` (older or remote-code models)."""
+
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None, **kwargs):
+        assert "logits_to_keep" not in kwargs
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+
+
+@pytest.mark.parametrize("model_class", [LlamaForCausalLM, _NoLogitsToKeep])
+def test_the_loss_comes_from_the_models_own_forward_with_no_logits_in_it(model_class, tiny_model_dir,
+                                                                        smol_tokenizer, tmp_path):
+    """compute_loss runs model(...) (DDP's and accelerate's wrappers act there), with the LM head
+    applied to no position in it; the losses (chunked, at target positions) match full logits."""
+    from tokenweight.kernels.token_loss import reference_token_losses
+
+    rows = _rows(smol_tokenizer, 4)
+    model = model_class.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    forwards, head_outputs = [], []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    model.lm_head.register_forward_hook(lambda module, args, out: head_outputs.append(tuple(out.shape)))
+    probe = _Grads()
+    trainer = _one_step(model, smol_tokenizer, rows, tmp_path / "w", callbacks=[probe])
+    assert len(forwards) == 1 and len(head_outputs) == 1
+    assert head_outputs[0][-1] == model.config.vocab_size and math.prod(head_outputs[0]) == 0
+    (inputs, losses), = trainer.seen
+    reference = reference_token_losses(load_model(tiny_model_dir), inputs["input_ids"], inputs["attention_mask"],
+                                       inputs["loss_mask"])
+    predict = inputs["loss_mask"][:, 1:].bool()
+    assert torch.allclose(losses, reference[:, 1:][predict], atol=1e-5, rtol=1e-5)
+    assert max(g.abs().max().item() for g in probe.grads.values()) > 1e-3
+
+
+def test_bf16_mixed_precision_reaches_the_loss(tiny_model_dir, smol_tokenizer, tmp_path):
+    """With bf16=True the trunk and the LM head run under accelerate's autocast: the per-token
+    losses are bf16's, not fp32's (they were fp32's while compute_loss bypassed the wrapped forward),
+    and so are the gradients, matching plain autograd through full logits under the same autocast."""
+    from tokenweight.kernels.token_loss import reference_token_losses
+
+    rows = _rows(smol_tokenizer, 4)
+    fp32 = _one_step(load_model(tiny_model_dir), smol_tokenizer, rows, tmp_path / "fp32")
+    probe = _Grads()
+    bf16 = _one_step(load_model(tiny_model_dir), smol_tokenizer, rows, tmp_path / "bf16", bf16=True, callbacks=[probe])
+    assert fp32.precision == "no" and bf16.precision == "bf16"
+    (inputs, fp32_losses), = fp32.seen
+    (bf16_inputs, bf16_losses), = bf16.seen
+    assert torch.equal(inputs["input_ids"], bf16_inputs["input_ids"])  # the same micro-batch
+    assert bf16_losses.dtype == torch.float32  # (the cross-entropy itself is taken in fp32)
+    # The same losses at bf16's precision: near, never equal (fp32 runs agree exactly).
+    gap = (bf16_losses - fp32_losses).abs().max()
+    assert 1e-4 < gap < 0.1  # (about 7e-4 on the tiny model)
+
+    # The oracle: full logits and plain autograd under the same autocast, same sft loss.
+    oracle_model = load_model(tiny_model_dir)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        oracle = reference_token_losses(oracle_model, inputs["input_ids"], inputs["attention_mask"],
+                                        inputs["loss_mask"])[:, 1:][inputs["loss_mask"][:, 1:].bool()]
+    (oracle.sum() / oracle.numel()).backward()
+    assert (bf16_losses - oracle.detach()).abs().max() < gap / 20  # (about 2e-6)
+    # The gradients too: the chunked head's backward recomputes the logits in bf16 as its forward
+    # did (about 1e-6 relative; a backward in fp32 against a bf16 forward is off by about 7e-3).
+    for k, p in oracle_model.named_parameters():
+        assert (probe.grads[k] - p.grad).norm() <= 1e-4 * p.grad.norm(), k

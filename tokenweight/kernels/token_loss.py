@@ -21,6 +21,13 @@ def chunked_token_ce(hidden: torch.Tensor, head: torch.nn.Module, targets: torch
     weight = getattr(head, "weight", None)
     linear = isinstance(head, torch.nn.Linear) and head.bias is None
     if linear and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        device = hidden.device.type
+        if torch.is_autocast_enabled(device):
+            # LinearTokenCE recomputes the logits in its backward, which runs outside autocast:
+            # cast both operands here (differentiably, as autocast would), so that its forward and
+            # backward both compute in the autocast dtype (else bf16 forward, fp32 backward).
+            dtype = torch.get_autocast_dtype(device)
+            hidden, weight = hidden.to(dtype), weight.to(dtype)
         return LinearTokenCE.apply(hidden, weight, targets, chunk_rows)
     if linear and hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16) and triton_available():
         # Fused on the GPU: about 4x the chunked path at bf16 and no logits in memory. In fp32
@@ -61,17 +68,14 @@ class LinearTokenCE(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        # Under autocast the forward's product ran in the hidden states' precision (bf16 hidden,
-        # fp32 master weights); backward runs outside autocast, so cast the weight the same way.
-        w = weight.to(hidden.dtype)
         for s in range(0, hidden.shape[0], ctx.chunk_rows):
             h = hidden[s : s + ctx.chunk_rows]
-            g = (h @ w.T).float().sub_(lse[s : s + ctx.chunk_rows, None]).exp_()  # softmax
+            g = (h @ weight.T).float().sub_(lse[s : s + ctx.chunk_rows, None]).exp_()  # softmax
             g[torch.arange(h.shape[0], device=g.device), targets[s : s + ctx.chunk_rows]] -= 1.0
             g.mul_(grad_out[s : s + ctx.chunk_rows, None].float())
             g = g.to(hidden.dtype)
             if need_h:
-                grad_h[s : s + ctx.chunk_rows] = g @ w
+                grad_h[s : s + ctx.chunk_rows] = g @ weight
             if need_w:
                 grad_w += (g.T @ h).float()  # in the model's dtype, summed over chunks in fp32
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None

@@ -19,6 +19,7 @@ module adds what it lacks for token-level methods:
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -125,13 +126,10 @@ class WeightedLossTrainer(Trainer):
         return torch.where(total == 0, torch.ones_like(total), total)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        trunk, head = decoder_and_head(self.accelerator.unwrap_model(model))
-        hidden = trunk(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                       use_cache=False).last_hidden_state
+        hidden, head = self._final_hidden(model, inputs)
         # Position t-1 predicts token t; keep only target positions (flat over the batch).
         predict = inputs["loss_mask"][:, 1:].bool()
-        losses = chunked_token_ce(hidden[:, :-1][predict], head, inputs["input_ids"][:, 1:][predict],
-                                  self.chunk_rows)
+        losses = self._target_ce(hidden[:, :-1][predict], head, inputs["input_ids"][:, 1:][predict])
         classes = inputs["token_class"][:, 1:][predict]
         weights = inputs["weight"][:, 1:][predict]
         n_samples = inputs["input_ids"].shape[0]
@@ -141,9 +139,52 @@ class WeightedLossTrainer(Trainer):
             num_items_in_batch = normaliser(self.method, losses.numel(), float(weights.sum()), n_samples)
         loss = total / num_items_in_batch
         if self.args.world_size > 1:
-            loss = loss * self.args.world_size  # DDP averages gradients over devices
+            # This device's sum over the window's normaliser summed over all devices; DDP averages
+            # the gradients over the devices, so W x (their mean) is the gradient of the global sum.
+            # (training_step adds no scaling: loss_is_scaled_for_ga, and Trainer.compute_loss,
+            # where average_tokens_across_devices would multiply by W, is not called.)
+            loss = loss * self.args.world_size
         self._count(losses.detach(), classes, sample_index, n_samples, int(inputs["attention_mask"].sum()))
         return (loss, {"losses": losses}) if return_outputs else loss
+
+    def _final_hidden(self, model, inputs) -> tuple[torch.Tensor, torch.nn.Module]:
+        """The trunk's final hidden states (B, T, H) and the LM head, from a forward of `model`.
+
+        `model` is what the Trainer hands compute_loss: in training the DDP-wrapped module, whose
+        forward prepares the gradient all-reduce, around a module whose forward accelerate runs
+        under autocast for mixed precision. So the forward must go through it, not through the
+        unwrapped trunk. A forward hook on the trunk keeps its output; the LM head inside the forward
+        is applied to no position (`logits_to_keep` an empty index, else a pre-hook hands it an empty
+        slice), so no (B, T, V) logits exist: the head runs afterwards, at target positions only."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        trunk, head = decoder_and_head(unwrapped)
+        captured = []
+
+        def keep(module, args, output):  # a BaseModelOutput, or its tuple when return_dict is off
+            captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+        handles = [trunk.register_forward_hook(keep)]
+        kwargs = {}
+        if _accepts_logits_to_keep(unwrapped):
+            # A 1-D index tensor keeps those positions of every row: none (transformers'
+            # slice_logits_to_keep; an int would mean "the last n", and 0 all of them).
+            kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
+        else:
+            handles.append(head.register_forward_pre_hook(lambda module, args: (args[0][..., :0, :], *args[1:])))
+        try:
+            model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(captured) != 1:
+            raise RuntimeError(f"the trunk ran {len(captured)} times in one forward of {type(unwrapped).__name__}")
+        return captured[0], head
+
+    def _target_ce(self, hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy (N,) at the target positions, under the accelerator's autocast
+        (mixed precision, as the forward had it)."""
+        with self.accelerator.autocast():
+            return chunked_token_ce(hidden, head, targets, self.chunk_rows)
 
     @torch.no_grad()
     def _count(self, losses, classes, sample_index, n_samples: int, tokens: int) -> None:
@@ -179,6 +220,12 @@ class WeightedLossTrainer(Trainer):
             self._tally.zero_()
             self._tally_since = now
         super().log(logs, start_time)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward declares `logits_to_keep` (read from the class: accelerate
+    replaces the instance's forward with its autocast wrapper)."""
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
