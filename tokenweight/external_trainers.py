@@ -12,7 +12,7 @@ accumulating k micro-batches gives the gradient of one batch k times as large.
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     trainer = WeightedTokenTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        model=AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True),
         args=TrainingArguments("out", remove_unused_columns=False, max_steps=100),
         train_dataset=load_weight_shards("runs/weights/<key>"),  # the train split
         data_collator=WeightedTokenCollator(pad_token_id=tokenizer.pad_token_id),
