@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -9,10 +11,11 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 
 import pytest
 
-from tokenweight.stage_lock import LockTimeout, is_locked, stage_lock
+from tokenweight.stage_lock import LEASE_S, LockTimeout, is_locked, lease_seconds, stage_lock
 from tokenweight.store import Store
 from tokenweight.tasks.common import run_stage
 
@@ -115,3 +118,75 @@ def test_a_live_lease_is_renewed_while_held(tmp_path, monkeypatch):
         with pytest.raises(LockTimeout):
             with stage_lock(store, "score", "k", wait_s=0.3, lease_s=0.4, poll_s=0.02):
                 pass
+
+
+def _memory_store(tmp_path, monkeypatch, name: str) -> Store:
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path))
+    return Store(f"memory://{name}-{uuid.uuid4().hex[:8]}")
+
+
+def _lease(store: Store, token: str, renewed: float, lease_s: float = 60.0, pid: int = 4242) -> bytes:
+    body = json.dumps({"pid": pid, "host": "elsewhere", "since": "then", "token": token, "renewed": renewed,
+                       "lease_s": lease_s}).encode()
+    store.fs.pipe_file(f"{store.root}/_locks/score.k.lock", body)
+    return body
+
+
+def test_a_lease_taken_over_while_held_is_neither_renewed_over_nor_removed(tmp_path, monkeypatch, caplog):
+    """A holder that stalled past its lease finds another run's token in the lock: it stops
+    renewing, leaves that lease alone on release, and warns naming the stage output."""
+    store = _memory_store(tmp_path, monkeypatch, "tw-lease-lost")
+    path = f"{store.root}/_locks/score.k.lock"
+    with caplog.at_level(logging.WARNING, logger="tokenweight"):
+        with stage_lock(store, "score", "k", wait_s=1, lease_s=0.4, poll_s=0.02):
+            assert json.loads(store.fs.cat_file(path))["pid"] == os.getpid()
+            theirs = _lease(store, "theirs", time.time())  # another run took it over
+            time.sleep(0.6)  # six renewal periods (lease_s / 4)
+            assert store.fs.cat_file(path) == theirs
+    assert store.fs.cat_file(path) == theirs  # not removed on release either
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"score output k in {store.url}" in warning and "lost" in warning and "pid 4242 on elsewhere" in warning
+    store.fs.rm(path)
+
+
+def test_a_lease_whose_lock_object_was_removed_is_not_written_back(tmp_path, monkeypatch, caplog):
+    store = _memory_store(tmp_path, monkeypatch, "tw-lease-gone")
+    path = f"{store.root}/_locks/score.k.lock"
+    with caplog.at_level(logging.WARNING, logger="tokenweight"):
+        with stage_lock(store, "score", "k", wait_s=1, lease_s=0.4, poll_s=0.02):
+            store.fs.rm(path)
+            time.sleep(0.3)
+            assert not store.fs.exists(path)
+    assert not store.fs.exists(path)
+    assert any("the lock object is gone" in r.getMessage() for r in caplog.records)
+
+
+def test_the_lease_length_comes_from_tokenweight_lease_s(tmp_path, monkeypatch):
+    store = _memory_store(tmp_path, monkeypatch, "tw-lease-env")
+    path = f"{store.root}/_locks/score.k.lock"
+    monkeypatch.setenv("TOKENWEIGHT_LEASE_S", "0.3")
+    assert lease_seconds() == 0.3
+    with stage_lock(store, "score", "k", wait_s=1, poll_s=0.02):
+        assert json.loads(store.fs.cat_file(path))["lease_s"] == 0.3
+    _lease(store, "dead", time.time(), lease_s=0.3)  # a holder killed just after renewing
+    started = time.monotonic()
+    with stage_lock(store, "score", "k", wait_s=5, poll_s=0.02):
+        assert 0.25 < time.monotonic() - started < 2  # one short lease, not 60 s
+    monkeypatch.delenv("TOKENWEIGHT_LEASE_S")
+    assert lease_seconds() == LEASE_S == 60
+    for bad in ("0", "-1", "soon", "inf", "nan"):
+        monkeypatch.setenv("TOKENWEIGHT_LEASE_S", bad)
+        with pytest.raises(ValueError, match="TOKENWEIGHT_LEASE_S"):
+            with stage_lock(store, "score", "k", wait_s=1):
+                pass
+
+
+def test_a_waiter_honours_the_holders_lease_length_not_its_own(tmp_path, monkeypatch):
+    store = _memory_store(tmp_path, monkeypatch, "tw-lease-theirs")
+    _lease(store, "long", time.time() - 1, lease_s=30)  # renewed 1 s ago, on a 30 s lease: live
+    with pytest.raises(LockTimeout, match="leased by pid 4242"):
+        with stage_lock(store, "score", "k", wait_s=0.3, lease_s=0.5, poll_s=0.02):
+            pass
+    _lease(store, "short", time.time() - 1, lease_s=0.5)  # not renewed for twice its lease: dead
+    with stage_lock(store, "score", "k", wait_s=0.3, lease_s=30, poll_s=0.02):
+        pass

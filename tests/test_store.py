@@ -2,11 +2,12 @@
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tokenweight.store import MANIFEST, Store, StoreError, sha256_file, stage_key, verify_output
+from tokenweight.store import MANIFEST, STORE_MARKER, Store, StoreError, sha256_file, stage_key, verify_output
 
 CONFIG = {"lr": 1e-4, "epochs": 2, "nested": {"a": [1, 2], "b": "x"}}
 
@@ -132,7 +133,7 @@ def test_store_url_forms(tmp_path):
 
 def test_check_writable(tmp_path):
     Store(str(tmp_path / "new")).check_writable()
-    assert os.listdir(tmp_path / "new") == []  # the probe is removed
+    assert os.listdir(tmp_path / "new") == [STORE_MARKER]  # the probe is removed; a new store is marked
     blocker = tmp_path / "file"
     blocker.write_text("not a dir")
     with pytest.raises(StoreError, match="not writable"):
@@ -221,25 +222,113 @@ def test_a_symlink_is_never_committed(tmp_path):
     assert store.manifest("eval", "kl") is None
 
 
-def test_a_store_url_with_a_password_is_refused(tmp_path):
-    with pytest.raises(StoreError, match="holds a password") as err:
-        Store("s3://AKIAEXAMPLE:s3cr3t-value@bucket/runs")
-    assert "s3cr3t-value" not in str(err.value)
+@pytest.mark.parametrize("url,secret", [("s3://AKIAEXAMPLE:s3cr3t-value@bucket/runs", "s3cr3t-value"),
+                                        ("https://ghp_t0ken-value@host.example/tw", "ghp_t0ken-value")])
+def test_a_store_url_with_credentials_in_its_user_part_is_refused(tmp_path, url, secret):
+    with pytest.raises(StoreError, match="holds credentials in its user part") as err:
+        Store(url)
+    assert secret not in str(err.value)
+
+
+KD, KW, KL = "d" * 16, "e" * 16, "f" * 16  # stage keys are 16 hex digits
 
 
 def test_sweep_removes_the_temporary_files_of_dead_runs_only(tmp_path):
     store = Store(str(tmp_path))
-    dead = tmp_path / "_work" / "score" / "kd" / "out"
+    store.check_writable()  # a new, empty directory: marked as a tokenweight store
+    assert (tmp_path / STORE_MARKER).is_file()
+    dead = tmp_path / "_work" / "score" / KD / "out"
     dead.mkdir(parents=True)
     (dead / ".tmp-part-00003.parquet").write_bytes(b"half")
     (dead / "part-00000.parquet").write_bytes(b"whole")  # kept: a rerun resumes from it
-    old_style = tmp_path / "weights" / "kw" / ".tmp-abc"
+    old_style = tmp_path / "weights" / KW / ".tmp-abc"
     old_style.mkdir(parents=True)
-    live = tmp_path / "_work" / "score" / "kl" / "out"
+    live = tmp_path / "_work" / "score" / KL / "out"
     live.mkdir(parents=True)
     (live / ".tmp-part-00000.parquet").write_bytes(b"being written")
     (tmp_path / ".tmp-probe-1").write_bytes(b"")
-    with store.lock("score", "kl"):
+    foreign = [tmp_path / "notes" / "draft" / ".tmp-keep", tmp_path / ".tmp-mine"]  # not tokenweight's names
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a user's file")
+    with store.lock("score", KL):
         removed = store.sweep_orphans()
     assert sorted(removed) == sorted(map(str, [dead / ".tmp-part-00003.parquet", old_style, tmp_path / ".tmp-probe-1"]))
     assert (dead / "part-00000.parquet").exists() and (live / ".tmp-part-00000.parquet").exists()
+    assert all(path.exists() for path in foreign)
+
+
+def test_a_directory_that_is_not_a_marked_store_is_never_swept(tmp_path):
+    """`--store .` or `--store ~`: a directory that held other files before is used, not marked, and
+    the sweep removes nothing in it, even names that look like tokenweight's."""
+    (tmp_path / "thesis.tex").write_text("a user's file")
+    lookalike = tmp_path / "score" / KD / ".tmp-part-00000.parquet"
+    lookalike.parent.mkdir(parents=True)
+    lookalike.write_text("a user's file")
+    store = Store(str(tmp_path))
+    store.check_writable()
+    assert not (tmp_path / STORE_MARKER).exists()
+    assert store.sweep_orphans() == [] and lookalike.exists()
+
+
+def test_a_store_made_before_markers_is_marked_and_swept(tmp_path):
+    (tmp_path / "_locks").mkdir()
+    orphan = tmp_path / "score" / KD / ".tmp-part-00000.parquet"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half")
+    store = Store(str(tmp_path))
+    store.check_writable()
+    assert (tmp_path / STORE_MARKER).is_file()
+    assert store.sweep_orphans() == [str(orphan)]
+
+
+def test_an_output_whose_manifest_was_damaged_is_moved_aside_and_said_so(tmp_path, caplog):
+    store = Store(str(tmp_path))
+    with store.begin("weights", KW) as w:
+        (w.dir / "part-00000.parquet").write_bytes(b"shard")
+        w.commit()
+    manifest = f"{store.stage_uri('weights', KW)}/{MANIFEST}"
+    with open(manifest, "a") as f:
+        f.write("edited by hand")
+    with caplog.at_level("WARNING", logger="tokenweight"):
+        with store.begin("weights", KW) as w:
+            pass
+    moved = list((tmp_path / "_quarantine" / "weights").glob(f"{KW}-*"))
+    assert len(moved) == 1 and (moved[0] / "part-00000.parquet").read_bytes() == b"shard"
+    assert not (tmp_path / "weights" / KW).exists()
+    assert any("moved the output" in r.getMessage() and str(moved[0]) in r.getMessage() for r in caplog.records)
+
+
+def test_two_remote_stores_holding_one_stage_key_each_read_their_own(tmp_path, monkeypatch):
+    """The local copies of remote outputs are keyed by the store's URL, not by stage and key only."""
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path / "cache"))
+    tag = uuid.uuid4().hex[:8]
+    stores = {b"written in store a": Store(f"memory://tw-a-{tag}"),
+              b"store b wrote this": Store(f"memory://tw-b-{tag}")}
+    for body, store in stores.items():
+        with store.begin("weights", "same") as w:
+            (w.dir / "summary.json").write_bytes(body)
+            w.commit()
+    dirs = set()
+    for body, store in stores.items():
+        _, local = verify_output(store, "weights", "same")
+        assert (local / "summary.json").read_bytes() == body
+        dirs.add(local)
+    assert len(dirs) == 2
+
+
+def test_a_remote_output_computed_again_replaces_its_local_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path / "cache"))
+    """The output was deleted from the store and computed again (other bytes, same key): the cached
+    copy of the first is not what is read."""
+    store = Store(f"memory://tw-again-{uuid.uuid4().hex[:8]}")
+    uri = store.stage_uri("eval", "kx")
+    for body in (b"first run", b"second run, not the same bytes"):
+        if store.fs.exists(uri):
+            store.fs.rm(uri, recursive=True)
+        with store.begin("eval", "kx") as w:
+            (w.dir / "metrics.json").write_bytes(body)
+            w.commit()
+        manifest, local = verify_output(store, "eval", "kx")
+        assert (local / "metrics.json").read_bytes() == body
+        assert json.loads((local / MANIFEST).read_text()) == manifest

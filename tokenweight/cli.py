@@ -59,17 +59,22 @@ def build_config(args: argparse.Namespace):
     return parse_config(data, where=args.config)
 
 
-def print_report(records: dict, seconds: float) -> None:
+def print_report(records: dict, seconds: float, store: Store) -> None:
     ran = sum(not r["cached"] for r in records.values())
     print(f"\ntokenweight: {len(records)} stages in {seconds:.1f}s ({ran} ran, {len(records) - ran} cached)")
     for stage, rec in records.items():
-        print(f"  {stage:<14} {'cached' if rec['cached'] else 'ran':<7} {rec['uri']}")
+        print(f"  {stage:<14} {'cached' if rec['cached'] else 'ran':<7} {shown(store, rec)}")
     if all(r["cached"] for r in records.values()):
         print("  nothing to do: every stage came from the cache")
     if "weights" in records:
-        print_summary(Path(records["weights"]["uri"]))
+        print_summary(store.local_dir("weights", records["weights"]["key"]), shown(store, records["weights"]))
     if "eval" in records:
-        print_eval(Path(records["eval"]["uri"]))
+        print_eval(store.local_dir("eval", records["eval"]["key"]))
+
+
+def shown(store: Store, record: dict) -> str:
+    """Where a stage output is, as the user would type it (with the scheme for a remote store)."""
+    return record["uri"] if store.is_local else f"{store.url}/{record['stage']}/{record['key']}"
 
 
 def print_eval(eval_dir: Path) -> None:
@@ -83,7 +88,7 @@ def print_eval(eval_dir: Path) -> None:
     print(f"predictions: {eval_dir}/predictions.parquet")
 
 
-def print_summary(weights_dir: Path) -> None:
+def print_summary(weights_dir: Path, where: str) -> None:
     if not (weights_dir / "summary.json").exists():
         return
     s = json.loads((weights_dir / "summary.json").read_text())
@@ -98,7 +103,7 @@ def print_summary(weights_dir: Path) -> None:
         r = s["roles"]
         print(f"against known roles: accuracy {r['accuracy']:.3f}, reasoning F1 {r['reasoning_f1']:.3f} "
               f"(precision {r['reasoning_precision']:.3f}, recall {r['reasoning_recall']:.3f})")
-    print(f"weight shards: {weights_dir}/part-*.parquet")
+    print(f"weight shards: {where}/part-*.parquet")
 
 
 def _roles(args: argparse.Namespace) -> int:
@@ -137,13 +142,13 @@ def _run_flow(args: argparse.Namespace, cfg):
     return pipeline(cfg, until=args.until)
 
 
-def print_compare(result: dict, seconds: float) -> None:
-    table_dir = Path(result["compare"]["uri"])
+def print_compare(result: dict, seconds: float, store: Store) -> None:
+    table_dir = store.local_dir("compare", result["compare"]["key"])
     stages = [*result["shared"].values(), *result["finetune"].values(), *result["eval"].values()]
     ran = sum(not r["cached"] for r in stages)
     print(f"\ntokenweight compare: {len(stages)} stages ({ran} ran, {len(stages) - ran} cached) in {seconds:.1f}s\n")
     print((table_dir / "table.md").read_text())
-    print(f"table: {table_dir}/table.md and table.json")
+    print(f"table: {shown(store, result['compare'])}/table.md and table.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print("tokenweight: run again with --debug for the traceback", file=sys.stderr)
         return 2
     if args.command == "compare":
-        print_compare(result, time.time() - started)
+        print_compare(result, time.time() - started, Store(cfg.store))
     else:
-        print_report(result, time.time() - started)
+        print_report(result, time.time() - started, Store(cfg.store))
     return 0
 
 

@@ -28,11 +28,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .faults import crash_point
+from .run_log import logger
 from .stage_lock import is_locked, stage_lock
 
 MANIFEST = "_manifest.json"
+# The file that marks a local directory as a tokenweight store: only a marked store is swept.
+STORE_MARKER = ".tokenweight-store"
 _TMP_PREFIX = ".tmp-"
 _SHARD_NAME = re.compile(r"part-(\d{5})\.parquet")
+_KEY = re.compile(r"[0-9a-f]{16}")
 # How long a run waits for another run that is computing the same stage output (it then reuses it).
 LOCK_WAIT_S = 24 * 3600.0
 
@@ -75,11 +79,13 @@ class Store:
     """An fsspec URL (a local directory by default) holding every stage's outputs."""
 
     def __init__(self, url: str, lock_wait_s: float = LOCK_WAIT_S):
-        if urlsplit(url).password is not None:
-            # It would end up in logs, manifests and Prefect's records; fsspec reads credentials
-            # from the environment or its config instead (e.g. AWS_SECRET_ACCESS_KEY for s3://).
-            raise StoreError("the store URL holds a password: give credentials through the environment or "
-                             "fsspec's config, not the URL")
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            # A user part (`https://TOKEN@host/...`, `s3://key:secret@bucket`) would end up in logs,
+            # manifests and Prefect's records; fsspec reads credentials from the environment or its
+            # config instead (e.g. AWS_SECRET_ACCESS_KEY for s3://). The message never repeats it.
+            raise StoreError(f"the store URL ({parts.scheme}://...@{parts.hostname or ''}...) holds credentials "
+                             "in its user part: give them through the environment or fsspec's config, not the URL")
         self.url = url.rstrip("/") or "/"
         self.lock_wait_s = lock_wait_s
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
@@ -93,35 +99,65 @@ class Store:
         return f"{self.root}/{stage}/{key}"
 
     def check_writable(self) -> None:
+        """Fail early on a store we cannot write; mark a new local store as tokenweight's."""
         probe = f"{self.root}/{_TMP_PREFIX}probe-{uuid.uuid4().hex}"
         try:
             self.fs.makedirs(self.root, exist_ok=True)
+            if self.is_local:
+                self._mark()
             with self.fs.open(probe, "wb") as f:
                 f.write(b"ok")
             self.fs.rm(probe)
         except OSError as err:
             raise StoreError(f"store {self.url} is not writable: {err.strerror or err}") from None
 
+    def _mark(self) -> None:
+        """Write STORE_MARKER in a local store that is new (empty) or was made by tokenweight before
+        markers existed (it has `_locks/`); a directory holding other things stays unmarked, and
+        the orphan sweep leaves it alone."""
+        root = Path(self.root)
+        marker = root / STORE_MARKER
+        if not marker.exists() and (not any(root.iterdir()) or (root / "_locks").is_dir()):
+            marker.write_text("This directory is a tokenweight store (stage outputs, _work, _locks, _prefect).\n")
+
+    def is_marked(self) -> bool:
+        return self.is_local and (Path(self.root) / STORE_MARKER).is_file()
+
     def manifest(self, stage: str, key: str) -> dict[str, Any] | None:
         """The stage's manifest, or None when the output is absent or its record is unreadable."""
         path = f"{self.stage_uri(stage, key)}/{MANIFEST}"
+        # s3fs caches listings per process and sizes (or misses) a file from them: another run may
+        # have written this manifest since, so ask the store itself.
+        self.fs.invalidate_cache(path)
         try:
-            with self.fs.open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
+            data = json.loads(self.fs.cat_file(path).decode("utf-8"))
         except (FileNotFoundError, ValueError, UnicodeDecodeError):
             return None  # a truncated or corrupt record is a cache miss, not a crash
         return data if isinstance(data, dict) and data.get("key") == key else None
 
-    def local_dir(self, stage: str, key: str) -> Path:
-        """A local directory with the stage's files (the store itself when it is local)."""
+    def local_dir(self, stage: str, key: str, manifest: dict[str, Any] | None = None) -> Path:
+        """A local directory with the stage's files (the store itself when it is local). A remote
+        store's files are downloaded into the local cache once; given the store's `manifest`, a
+        cached copy made from another manifest (the output was computed again since) is replaced."""
         uri = self.stage_uri(stage, key)
         if self.is_local:
             return Path(uri)
-        cache = _cache_root() / stage / key
+        # Keyed by the store's URL, as work_dir is: two stores may hold the same key, not the same files.
+        cache = _cache_root() / self._url_hash() / stage / key
+        if manifest is not None and (cache / MANIFEST).exists() and not _same_json(cache / MANIFEST, manifest):
+            stale = cache.with_name(cache.name + _TMP_PREFIX + uuid.uuid4().hex[:8])
+            try:
+                cache.rename(stale)
+            except FileNotFoundError:
+                pass  # another process replaced it first
+            shutil.rmtree(stale, ignore_errors=True)
         if not (cache / MANIFEST).exists():
             tmp = cache.with_name(cache.name + _TMP_PREFIX + uuid.uuid4().hex[:8])
             self.fs.get(uri + "/", str(tmp), recursive=True)
-            tmp.rename(cache) if not cache.exists() else shutil.rmtree(tmp)
+            try:
+                tmp.rename(cache)
+            except OSError:  # another process put its copy there first
+                shutil.rmtree(tmp)
         return cache
 
     def work_dir(self, stage: str, key: str) -> Path:
@@ -131,7 +167,11 @@ class Store:
         _check_name(key)
         if self.is_local:
             return Path(self.root) / "_work" / stage / key
-        return _cache_root() / "_work" / hashlib.sha256(self.url.encode()).hexdigest()[:12] / stage / key
+        return _cache_root() / "_work" / self._url_hash() / stage / key
+
+    def _url_hash(self) -> str:
+        """The store's directory name in the local cache (remote stores)."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:12]
 
     @contextmanager
     def lock(self, stage: str, key: str, on_wait: Callable[[str], None] = lambda _: None) -> Iterator[None]:
@@ -146,16 +186,23 @@ class Store:
         return StageWriter(self, stage, key, resumable)
 
     def sweep_orphans(self) -> list[str]:
-        """Remove temporary files crashed runs left behind (`.tmp-*` anywhere in a stage output or
-        staging directory whose lock no live run holds); returns what was removed. Finished
+        """Remove temporary files crashed runs left behind; returns what was removed.
+
+        Only in a marked local store (STORE_MARKER), and only tokenweight's own names: `.tmp-*` in
+        a stage output `{stage}/{16 hex}/` or its staging directory `_work/{stage}/{16 hex}/out/`
+        whose lock no live run holds, and write probes `.tmp-probe-*` at the root. Finished
         shards in `_work` stay: they are what a rerun of that key resumes from."""
-        if not self.is_local:
+        if not self.is_marked():
+            if self.is_local:
+                logger().info("store %s is not marked as a tokenweight store (%s): leaving its temporary files "
+                              "alone", self.root, STORE_MARKER)
             return []
         removed = []
         root = Path(self.root)
         candidates = [(p, p.parts[-3], p.parts[-2]) for p in root.glob("*/*/.tmp-*")]  # in an output
         candidates += [(p, p.parts[-4], p.parts[-3]) for p in root.glob("_work/*/*/out/.tmp-*")]  # staged
-        candidates += [(p, None, None) for p in root.glob(".tmp-*")]  # write probes
+        candidates = [c for c in candidates if _KEY.fullmatch(c[2]) and not c[1].startswith((".", "_"))]
+        candidates += [(p, None, None) for p in root.glob(f"{_TMP_PREFIX}probe-*")]  # write probes
         for path, stage, key in sorted(candidates):
             if stage is not None and is_locked(self, stage, key):
                 continue  # a live run is writing it
@@ -166,6 +213,13 @@ class Store:
 
 def _cache_root() -> Path:
     return Path(os.environ.get("TOKENWEIGHT_CACHE", Path.home() / ".cache" / "tokenweight"))
+
+
+def _same_json(path: Path, value: Any) -> bool:
+    try:
+        return json.loads(path.read_bytes()) == value
+    except (OSError, ValueError):
+        return False
 
 
 def _check_name(name: str) -> None:
@@ -197,6 +251,14 @@ class StageWriter:
                 if not (resumable and _SHARD_NAME.fullmatch(path.name)):
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
+        # An output whose manifest exists but cannot be read, or names another key, was damaged or
+        # edited by hand: move it aside (never delete what may be someone's evidence) and say so.
+        if store.manifest(stage, key) is None and store.fs.exists(f"{self.uri}/{MANIFEST}"):
+            aside = f"{store.root}/_quarantine/{stage}/{key}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            store.fs.makedirs(aside.rsplit("/", 1)[0], exist_ok=True)
+            store.fs.mv(self.uri, aside, recursive=True)
+            logger().warning("%s %s: its %s is unreadable or not this output's (edited by hand?); moved the output "
+                             "to %s and computing it again", stage, key, MANIFEST, aside)
         # A run killed while moving files into place leaves some of them without a manifest: not an
         # output. Its shards are whole (they were renamed there), so a resumable stage takes them back.
         if store.manifest(stage, key) is None and store.fs.exists(self.uri):
@@ -292,7 +354,7 @@ def verify_output(store: Store, stage: str, key: str) -> tuple[dict[str, Any], P
     manifest = store.manifest(stage, key)
     if manifest is None:
         raise StoreError(f"{stage} output {key} has no manifest in {store.url}: it was never finished")
-    directory = store.local_dir(stage, key)
+    directory = store.local_dir(stage, key, manifest)
     inside = directory.resolve()
     for rel, meta in manifest["files"].items():
         path = directory / rel
