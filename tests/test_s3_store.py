@@ -154,6 +154,10 @@ def test_outputs_and_manifests_live_in_the_bucket_and_match(s3, concurrent):
         assert any(name.startswith("part-") for name in files), stage
     assert not fs.find(f"{BUCKET}/shared/_locks")  # every lease was released
     assert sorted(p.name for p in concurrent["cwd"].iterdir()) == ["cfg.yaml"]  # no local store on the side
+    # Prefect's cache records sit in the same bucket, as plain JSON, one per stage key.
+    records = {path.rsplit("/", 1)[1]: json.loads(fs.cat_file(path)) for path in fs.find(f"{BUCKET}/shared/_prefect")}
+    assert set(records) == {uri.rsplit("/", 1)[1] for uri in outputs.values()}
+    assert all(r["metadata"]["serializer"]["type"] == "json" for r in records.values())
 
 
 @pytest.fixture(scope="module")
