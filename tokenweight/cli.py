@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import STAGES, ConfigError, FileSource, apply_overrides, parse_config, read_config_file
 from .models import check_model_name
+from .preflight import verdict_lines
 from .serve import add_serve_parser, serve_command
 from .store import Store
 
@@ -103,7 +104,11 @@ def print_summary(weights_dir: Path, where: str) -> None:
         r = s["roles"]
         print(f"against known roles: accuracy {r['accuracy']:.3f}, reasoning F1 {r['reasoning_f1']:.3f} "
               f"(precision {r['reasoning_precision']:.3f}, recall {r['reasoning_recall']:.3f})")
+    if "preflight" in s:
+        print("\n".join(verdict_lines(s["preflight"])))
     print(f"weight shards: {where}/part-*.parquet")
+    if (weights_dir / "report.html").exists():
+        print(f"token report: {where}/report.html")
 
 
 def _roles(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ table.s td,table.s th{padding:2px 10px;text-align:left}
 .nl{color:#bbb}
 .top code{background:#f3f3f3;padding:0 4px;margin:0 2px;border-radius:3px}
 #filter{padding:4px 8px;width:260px}
+.ok{color:#1a7f37;font-weight:600}.warn{color:#b42318;font-weight:600}
 """
 
 _SCRIPT = """
@@ -110,6 +111,11 @@ def _summary(s: dict[str, Any], ld: np.ndarray) -> str:
     if "roles" in s:
         r = s["roles"]
         rows.append(("against known roles", f"accuracy {r['accuracy']:.3f}, reasoning F1 {r['reasoning_f1']:.3f}"))
+    if "preflight" in s:
+        p = s["preflight"]
+        rows.append(("pre-flight", "<span class='{}'>{}</span>".format(
+            "ok" if p["fits"] else "warn", "fits the method's premise" if p["fits"] else "does NOT fit the method's premise")))
+        rows += [(f"{'ok' if c['ok'] else 'WARN'}: {c['name']}", html.escape(c["message"])) for c in p["checks"]]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     top = "".join(
         f"<p class='top'>most frequent {cls}: "

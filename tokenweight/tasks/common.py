@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..preflight import verdict_lines
 from ..run_log import logger
 from ..store import StageRecord, StageWriter, Store, verify_output
 
@@ -60,6 +61,8 @@ def publish_artifact(store: Store, stage: str, key: str) -> None:
         for cls in ("boilerplate", "reasoning"):
             top = ", ".join(f"`{t['token']!r}`×{t['count']}" for t in s["top_tokens"][cls][:10])
             lines.append(f"most frequent {cls}: {top}  ")
+        if "preflight" in s:
+            lines += ["", *(f"{line}  " for line in verdict_lines(s["preflight"]))]
         if "report.html" in manifest.get("files", {}):
             lines.append(f"token report: `{store.stage_uri(stage, key)}/report.html`")
     create_markdown_artifact(markdown="\n".join(lines), key=f"tokenweight-{stage.replace('_', '-')}-output",

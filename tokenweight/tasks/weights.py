@@ -21,6 +21,7 @@ from .. import __version__
 from ..config import PipelineConfig
 from ..kernels.token_weights import sample_weights, token_classes, word_groups
 from ..models import BaseModel, load_tokenizer, portable_name, tokenizer_fingerprint
+from ..preflight import PreflightTally, verdict
 from ..report_html import write_report
 from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
@@ -120,7 +121,7 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
         "tokenweight.weights_key": writer.key,
         "tokenweight.discriminator_key": disc["key"],
     }
-    tally = _Tally()
+    tally, preflight = _Tally(), PreflightTally(wc.tau)
     if len(shard_paths(prep_dir)) != len(shard_paths(score_dir)):
         raise ValueError(f"{prep_dir} and {score_dir} have different shard counts")
     done = writer.done_shards()
@@ -134,6 +135,9 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
             for p, w in zip(prep.to_pylist(), finished, strict=True):
                 ld = np.asarray(w["loss_disc"], dtype=np.float32) - np.asarray(w["loss_ref"], dtype=np.float32)
                 tally.add(p["split"], np.asarray(w["input_ids"]), np.asarray(w["token_class"]), ld, p["role_truth"])
+                if p["split"] == "train":
+                    preflight.add(np.asarray(w["token_class"]), np.asarray(w["loss_base"], dtype=np.float32),
+                                  np.asarray(w["loss_disc"], dtype=np.float32))
             progress.update(prep.num_rows)
             continue
         rows = []
@@ -148,6 +152,8 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
             classes = token_classes(loss_disc, loss_ref, mask, wc.margin, groups)
             weight = sample_weights(wc.method, loss_base, classes, mask, wc.tau)
             tally.add(p["split"], np.asarray(p["input_ids"]), classes, loss_disc - loss_ref, p["role_truth"])
+            if p["split"] == "train":  # what the fine-tune will weigh
+                preflight.add(classes, loss_base, loss_disc)
             rows.append({k: p[k] for k, _ in SAMPLE_FIELDS}
                         | {"loss_base": loss_base, "loss_disc": loss_disc, "loss_ref": loss_ref,
                            "token_class": classes, "weight": weight})
@@ -155,7 +161,7 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
         progress.update(prep.num_rows)
     progress.close()
     summary = {"method": wc.method, "reference": reference, "margin": wc.margin, "granularity": wc.granularity,
-               **tally.summary(tokenizer, wc.top_tokens)}
+               **tally.summary(tokenizer, wc.top_tokens), "preflight": verdict(preflight.checks())}
     (writer.dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     report = write_report(shard_paths(writer.dir), summary, writer.dir / "report.html", wc.report_samples)
     logger().info("weights: %s", {k: summary[k] for k in ("samples", "target_tokens", "boilerplate_share")})
