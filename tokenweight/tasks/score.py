@@ -3,7 +3,9 @@
 Streams over the prepared shards (one in memory at a time), batches rows by length, runs each
 batch through the base model and (when it is the reference) the control, and the discriminator
 in the context `disc_context` says (kernels/foreign_context.py), and writes one score shard per
-prepared shard, rows in the same order. A run killed part-way resumes at the first shard it had
+prepared shard, rows in the same order. Each row is scored by the discriminator and control of
+another fold than its own (kernels/cross_fit.py: never by a model that trained on it); its
+`scored_by` column names that fold. A run killed part-way resumes at the first shard it had
 not finished (StageWriter keeps finished shards).
 """
 
@@ -19,11 +21,13 @@ from prefect import task
 
 from ..config import PipelineConfig
 from ..device_policy import placement
+from ..kernels.cross_fit import scoring_fold
 from ..kernels.foreign_context import foreign_rows, move_targets
 from ..kernels.score_tokens import score_rows
 from ..models import BaseModel, load_model, load_tokenizer
 from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
+from .discriminator import model_name
 
 STAGE, VERSION = "score", "2"
 
@@ -33,6 +37,7 @@ SCHEMA = pa.schema(
         ("loss_base", pa.list_(pa.float32())),
         ("loss_disc", pa.list_(pa.float32())),
         ("loss_control", pa.list_(pa.float32())),  # null when the reference is the base model
+        ("scored_by", pa.int8()),  # the fold whose discriminator (and control) scored the row
     ]
 )
 
@@ -53,19 +58,23 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
         models[name] = load_model(str(disc_dir / name), cfg.model.trust_remote_code)
     models = {name: m.to(device=place.device, dtype=place.torch_dtype).eval() for name, m in models.items()}
     sc, shared = cfg.score, disc_manifest["config"]["train_layers"]
+    folds, fold_seed = disc_manifest["cross_fit"]["folds"], disc_manifest["cross_fit"]["seed"]
+    kinds = sorted({t["kind"] for t in disc_manifest["trained"].values()})  # disc [, control]
     foreign = sc.disc_context == "foreign"
-    # In its own context the discriminator reads the same batches as the others; in a foreign one,
-    # its own rows (so the progress counts the prepared tokens twice).
-    in_context = {name: m for name, m in models.items() if not (foreign and name == "disc")}
     tokens = read_manifest(prep_dir)["counts"]["tokens"]
+    # In a foreign context the discriminator reads its own rows: the progress counts the tokens twice.
     total = tokens * (2 if foreign else 1)
     progress = Progress("score", total, "tokens")
-    own_input, done = 0, writer.done_shards()
+    own_input, done, per_fold = 0, writer.done_shards(), [0] * folds
     if done:
         logger().info("score: resuming, %d of %d shards were finished by an interrupted run", len(done),
                       len(shard_paths(prep_dir)))
     for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "input_ids", "loss_mask", "messages"])):
+        ids = table.column("id").to_pylist()
         rows, masks = table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist()
+        scored_by = [scoring_fold(i, fold_seed, folds) for i in ids]
+        for f in scored_by:
+            per_fold[f] += 1
         other = None
         if foreign:  # cheap next to scoring, and its count belongs in the manifest even for a done shard
             messages = [json.loads(m) for m in table.column("messages").to_pylist()]
@@ -75,24 +84,37 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
         if index in done:
             progress.update(sum(map(len, rows)) * (2 if foreign else 1))
             continue
-        scores = score_rows(in_context, rows, masks, tokenizer.pad_token_id, sc.batch_tokens, sc.chunk_rows, shared,
-                            on_batch=progress.update)
-        if other is not None:
-            disc_losses = score_rows({"disc": models["disc"]}, other.rows, other.masks, tokenizer.pad_token_id,
-                                     sc.batch_tokens, sc.chunk_rows, on_batch=progress.update)["disc"]
-            scores["disc"] = [move_targets(d, fm, m) for d, fm, m in zip(disc_losses, other.masks, masks, strict=True)]
+        scores: dict[str, list] = {"base": [None] * len(rows), **{kind: [None] * len(rows) for kind in kinds}}
+        for fold in range(folds):
+            picked = [i for i, f in enumerate(scored_by) if f == fold]
+            if not picked:
+                continue
+            pair = {"base": models["base"], **{kind: models[model_name(kind, fold)] for kind in kinds}}
+            in_context = {k: m for k, m in pair.items() if not (foreign and k == "disc")}
+            got = score_rows(in_context, [rows[i] for i in picked], [masks[i] for i in picked],
+                             tokenizer.pad_token_id, sc.batch_tokens, sc.chunk_rows, shared, on_batch=progress.update)
+            if other is not None:
+                disc_losses = score_rows({"disc": pair["disc"]}, [other.rows[i] for i in picked],
+                                         [other.masks[i] for i in picked], tokenizer.pad_token_id, sc.batch_tokens,
+                                         sc.chunk_rows, on_batch=progress.update)["disc"]
+                got["disc"] = [move_targets(d, other.masks[i], masks[i])
+                               for d, i in zip(disc_losses, picked, strict=True)]
+            for kind, losses in got.items():
+                for i, loss in zip(picked, losses, strict=True):
+                    scores[kind][i] = loss
         out = pa.table(
             {
                 "id": table.column("id"),
                 "loss_base": scores["base"],
                 "loss_disc": scores["disc"],
                 "loss_control": scores["control"] if "control" in scores else [None] * len(rows),
+                "scored_by": scored_by,
             },
             schema=SCHEMA,
         )
         writer.write_shard(index, out)
     seconds = progress.close()
-    counts = {"tokens": tokens, "models": list(models),
+    counts = {"tokens": tokens, "models": list(models), "scored_per_fold": per_fold,
               "disc_context": sc.disc_context, "disc_own_input": own_input,
               "tokens_per_s": round(total / max(seconds, 1e-9), 1), "threads": torch.get_num_threads(),
               "device": place.device, "dtype": place.dtype, "shards_resumed": len(done)}
@@ -109,5 +131,5 @@ def run_score(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any
 @task(name="score", cache_key_fn=lambda ctx, p: score_key(p["cfg"], p["prepared"], p["disc"], p["base"]),
       persist_result=True)
 def score_task(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], base: BaseModel) -> dict[str, Any]:
-    """Per-token losses of every target token under the base model and the tuned models."""
+    """Per-token losses of every target token under the base model and the tuned models of another fold."""
     return run_score(cfg, prepared, disc, base)
