@@ -143,3 +143,43 @@ def test_truncation_keeps_the_first_max_tokens(smol_tokenizer):
         assert cut.text == full.text
     same = encode_conversation(smol_tokenizer, CONVERSATION, max_tokens=n)
     assert same.input_ids == full.input_ids and same.truncated_tokens == 0
+
+
+def test_unscored_spans_are_minus_one_on_target_tokens_and_still_trained(smol_tokenizer):
+    content = "[get_weather(city='Paris')]"
+    messages = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": content}]
+    name, city = content.index("get_weather"), content.index("Paris")
+    reasoning = {1: [(name, name + len("get_weather")), (city, city + 5)]}
+    # the parameter name, and the closing quote right after the value ("')]" is one token)
+    unscored = {1: [(content.index("city"), content.index("city") + 4), (city + 5, city + 6)]}
+    enc = encode_conversation(smol_tokenizer, messages, reasoning, unscored_spans=unscored)
+    plain = encode_conversation(smol_tokenizer, messages, reasoning)
+    assert enc.loss_mask == plain.loss_mask and enc.input_ids == plain.input_ids
+    got = [(enc.text[a:b], r) for (a, b), m, r in zip(enc.offsets, enc.loss_mask, enc.role_truth) if m]
+    assert got == [("[", 0), ("get", 1), ("_", 1), ("weather", 1), ("(", 0), ("city", -1), ("='", 0),
+                   ("Paris", 1), ("')]", -1), ("<|im_end|>", 0)]
+    assert [r for r, m in zip(enc.role_truth, enc.loss_mask) if not m] == [-1] * enc.loss_mask.count(0)
+
+
+def test_an_unscored_span_wins_over_a_reasoning_span_on_a_shared_token(smol_tokenizer):
+    content = "[f(s='Hi!')]"  # SmolLM2: "!')" is one token
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": content}]
+    bang = content.index("!")
+    enc = encode_conversation(smol_tokenizer, messages, {1: [(bang - 2, bang + 1)]},
+                              unscored_spans={1: [(bang + 1, bang + 2)]})
+    got = {enc.text[a:b]: r for (a, b), m, r in zip(enc.offsets, enc.loss_mask, enc.role_truth) if m}
+    assert got["Hi"] == 1 and got["!')"] == -1 and got["]"] == 0
+
+
+def test_unscored_spans_need_reasoning_spans(smol_tokenizer):
+    with pytest.raises(ValueError, match="unscored_spans need reasoning_spans"):
+        encode_conversation(smol_tokenizer, CONVERSATION, unscored_spans={6: [(0, 5)]})
+
+
+def test_truncation_keeps_unscored_roles(smol_tokenizer):
+    spans, unscored = {6: [(0, 5)]}, {6: [(7, 9)], 2: [(0, 11)]}
+    full = encode_conversation(smol_tokenizer, CONVERSATION, spans, unscored_spans=unscored)
+    assert full.role_truth.count(-1) > full.loss_mask.count(0)
+    for max_tokens in (len(full.input_ids) - 3, 20):
+        cut = encode_conversation(smol_tokenizer, CONVERSATION, spans, max_tokens=max_tokens, unscored_spans=unscored)
+        assert cut.role_truth == full.role_truth[:max_tokens]

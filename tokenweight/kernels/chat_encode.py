@@ -21,7 +21,7 @@ class Encoded:
     input_ids: list[int]
     offsets: list[tuple[int, int]]
     loss_mask: list[int]
-    role_truth: list[int] | None  # -1 not a target, 0 boilerplate, 1 reasoning; None if unknown
+    role_truth: list[int] | None  # -1 not a target (or unscored), 0 boilerplate, 1 reasoning; None if unknown
     truncated_tokens: int = 0
 
 
@@ -57,23 +57,34 @@ def encode_conversation(
     messages: list[dict],
     reasoning_spans: dict[int, list[tuple[int, int]]] | None = None,
     max_tokens: int | None = None,
+    unscored_spans: dict[int, list[tuple[int, int]]] | None = None,
 ) -> Encoded:
-    """Tokens, offsets and the assistant-token mask of one conversation (truncated on the right)."""
+    """Tokens, offsets and the assistant-token mask of one conversation (truncated on the right).
+
+    With reasoning_spans, `role_truth` is -1 off the targets, and on each target token: -1 where
+    it overlaps one of `unscored_spans` (still a target: only the role scores leave it out), else
+    1 where it overlaps a reasoning span, else 0. Both kinds of span are [start, end) character
+    offsets into the content of the message whose index keys them.
+    """
+    if unscored_spans is not None and reasoning_spans is None:
+        raise ValueError("unscored_spans need reasoning_spans: they only refine known token roles")
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
     mask = [0] * len(ids)
     truth = [-1] * len(ids) if reasoning_spans is not None else None
-    absolute_reasoning = []
+    absolute_reasoning, absolute_unscored = [], []
     for i, start, _ in spans:
         for s, e in (reasoning_spans or {}).get(i, []):
             absolute_reasoning.append((start + s, start + e))
+        for s, e in (unscored_spans or {}).get(i, []):
+            absolute_unscored.append((start + s, start + e))
     for t, (a, b) in enumerate(offsets):
         if b <= a:
             continue
         if any(a < end and b > start for _, start, end in spans):
             mask[t] = 1
-            if truth is not None:
+            if truth is not None and not any(a < e and b > s for s, e in absolute_unscored):
                 truth[t] = int(any(a < e and b > s for s, e in absolute_reasoning))
     cut = 0
     if max_tokens is not None and len(ids) > max_tokens:

@@ -17,7 +17,16 @@ from typing import Any
 import pyarrow as pa
 from prefect import task
 
-from ..config import BfclSource, FileSource, Gsm8kSource, PipelineConfig, ReasoningGymSource, SyntheticSource
+from ..config import (
+    BfclRolesSource,
+    BfclSource,
+    FileSource,
+    Gsm8kSource,
+    PipelineConfig,
+    ReasoningGymSource,
+    RolesSource,
+    SyntheticSource,
+)
 from ..kernels.chat_encode import EncodeError, encode_conversation
 from ..models import BaseModel, load_tokenizer
 from ..samples import Reject, Sample
@@ -63,6 +72,20 @@ def source_fingerprint(source) -> dict[str, Any]:
             "bfcl_eval": importlib.metadata.version("bfcl-eval"),
             "files": {str(p.name): sha256_file(p) for c in source.categories for p in category_files(c)},
         }
+    if isinstance(source, RolesSource):
+        from ..sources import role_suite, synthetic, tools_text
+
+        # A generated source's content is its generator: its version and the code it runs.
+        return {"role_suite": role_suite.VERSION, "code": _code_hashes(role_suite, synthetic, tools_text)}
+    if isinstance(source, BfclRolesSource):
+        from ..sources import bfcl, bfcl_roles, tools_text
+
+        return {
+            "bfcl_eval": importlib.metadata.version("bfcl-eval"),
+            "files": {str(p.name): sha256_file(p) for c in source.categories for p in bfcl.category_files(c)},
+            "bfcl_roles": bfcl_roles.VERSION,
+            "code": _code_hashes(bfcl, bfcl_roles, tools_text),
+        }
     if isinstance(source, Gsm8kSource):
         from ..sources.gsm import gsm8k_test_file
 
@@ -73,6 +96,13 @@ def source_fingerprint(source) -> dict[str, Any]:
         return {"reasoning_gym": reasoning_gym_version(),
                 "files": {p.name: sha256_file(p) for p in gsm_symbolic_files()}}
     return {}
+
+
+def _code_hashes(*modules) -> dict[str, str]:
+    """sha256 of each module's source text (line endings normalised, so that a checkout with CRLF
+    gives the same key), by module name."""
+    return {module.__name__.rsplit(".", 1)[-1]: hashlib.sha256(
+        Path(module.__file__).read_bytes().replace(b"\r\n", b"\n")).hexdigest() for module in modules}
 
 
 def prepare_key(cfg: PipelineConfig, base: BaseModel) -> str:
@@ -95,6 +125,14 @@ def read_source(source) -> Any:
         from ..sources.synthetic import generate_synthetic
 
         return generate_synthetic(source.n, source.seed)
+    if isinstance(source, RolesSource):
+        from ..sources.role_suite import generate_role_suite
+
+        return generate_role_suite(source.n, source.seed, source.format)
+    if isinstance(source, BfclRolesSource):
+        from ..sources.bfcl_roles import read_bfcl_roles
+
+        return read_bfcl_roles(source.categories, source.limit_per_category)
     if isinstance(source, Gsm8kSource):
         from ..sources.gsm import read_gsm8k_test
 
@@ -157,7 +195,8 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
             continue
         seen[item.id] = item.origin
         try:
-            enc = encode_conversation(tokenizer, item.messages, item.reasoning_spans, max_tokens=None)
+            enc = encode_conversation(tokenizer, item.messages, item.reasoning_spans, max_tokens=None,
+                                      unscored_spans=item.unscored_spans)
         except (EncodeError, ValueError, TypeError) as err:
             rejects.append(Reject(file, line, item.id, f"chat template: {err}"))
             continue
@@ -166,7 +205,8 @@ def _run(cfg: PipelineConfig, base: BaseModel, writer: StageWriter):
             if pc.truncation == "reject":
                 rejects.append(Reject(file, line, item.id, f"over-long: {n} tokens > max_tokens {pc.max_tokens}"))
                 continue
-            enc = encode_conversation(tokenizer, item.messages, item.reasoning_spans, max_tokens=pc.max_tokens)
+            enc = encode_conversation(tokenizer, item.messages, item.reasoning_spans, max_tokens=pc.max_tokens,
+                                      unscored_spans=item.unscored_spans)
             if not any(enc.loss_mask):
                 rejects.append(
                     Reject(file, line, item.id, f"over-long: {n} tokens, no assistant token within max_tokens {pc.max_tokens}")
