@@ -2,13 +2,13 @@
 
 import dataclasses
 import math
-import random
 from functools import partial
 
 import pytest
 import torch
 from transformers import LlamaForCausalLM, TrainerCallback
 
+from ddp_worker import ddp_rows
 from tokenweight.config import FinetuneConfig
 from tokenweight.kernels.weighted_trainer import TokenRows, WeightedLossTrainer, collate
 from tokenweight.models import load_model
@@ -16,17 +16,8 @@ from tokenweight.tasks.finetune import train_model, training_arguments
 
 
 def _rows(tokenizer, n=12, seed=0):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        length = rng.randint(10, 24)
-        ids = [rng.randrange(100, 5000) for _ in range(length)]
-        start = rng.randint(3, length - 4)
-        mask = [0] * start + [1] * (length - start)
-        classes = [rng.randint(0, 1) if m else 0 for m in mask]
-        weight = [round(rng.uniform(0.1, 2.0), 3) if m else 0.0 for m in mask]
-        rows.append({"input_ids": ids, "loss_mask": mask, "token_class": classes, "weight": weight})
-    return rows
+    """Rows of varied lengths with a target span, token classes 0/1 and weights (ddp_worker's)."""
+    return ddp_rows(n, seed)
 
 
 def _params(model):
