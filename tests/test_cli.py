@@ -163,7 +163,8 @@ def test_until_and_data_options(tmp_path, tiny_model_dir, prefect_harness, prefe
     from conftest import chat_rows, write_jsonl
 
     data = write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store")
+    # (8 train rows of two turn structures are too few to derange within each of two folds)
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "store", shuffle={"floor": 8, "folds": 1})
     other_store = tmp_path / "elsewhere"
     assert main(["run", cfg, "--data", data, "--until", "shuffle", "--store", str(other_store)]) == 0
     out = prefect_capfd.readouterr().out

@@ -85,8 +85,9 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], base: BaseModel, writer:
                             "input_ids": sample[i]["input_ids"], "loss_mask": sample[i]["loss_mask"], "fold": fold})
             paired += 1
         if paired < 2:
-            raise ValueError(f"only {paired} samples of part {fold} could be paired; raise shuffle.floor or check "
-                             "the data")
+            raise ValueError(f"only {paired} of the {len(part)} train samples of part {fold} of {sc.folds} could be "
+                             "paired (a sample is paired only with another of the same turn structure in its part): "
+                             "raise shuffle.floor, use fewer shuffle.folds for a data set this small, or check the data")
     pq.write_table(pa.Table.from_pylist(shuffled, schema=SCHEMA), writer.dir / "shuffled.parquet")
     pq.write_table(pa.Table.from_pylist(matched, schema=SCHEMA), writer.dir / "matched.parquet")
     counts = {
