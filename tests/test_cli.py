@@ -91,6 +91,7 @@ def test_an_empty_data_file_exits_2_with_one_line(tmp_path, tiny_model_dir, pref
     assert len(lines) == 1 and str(empty) in lines[0] and "has no rows" in lines[0], err
     assert "one JSON object per line" in lines[0]  # what to put there
     assert "Traceback" not in err
+    assert "Failed to write result" not in err  # the failed stage's record is JSON too
 
 
 def test_missing_model_path_exits_2_naming_it(tmp_path, prefect_harness, prefect_capfd):

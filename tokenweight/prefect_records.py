@@ -31,7 +31,17 @@ from prefect.serializers import JSONSerializer
 
 from .store import Store
 
-RECORD_SERIALIZER = JSONSerializer(object_encoder=None, object_decoder=None)
+def error_as_json(obj: Any) -> dict[str, str]:
+    """What a failed stage's record holds: its exception as text (Prefect persists a failed task's
+    exception too; without this the JSON serializer cannot, and Prefect warns on every failure)."""
+    if isinstance(obj, BaseException):
+        return {"error": type(obj).__name__, "message": str(obj)}
+    raise TypeError(f"a stage record holds a {type(obj).__name__}, which is not JSON")
+
+
+# Plain stdlib JSON on both sides: the encoder only turns a failure into text, and reading uses no
+# object hook, so reading a record can build nothing but dicts, lists, strings and numbers.
+RECORD_SERIALIZER = JSONSerializer(object_encoder=f"{__name__}.error_as_json", object_decoder=None)
 _SAFE_SERIALIZER = RECORD_SERIALIZER.model_dump(mode="json")
 _log = logging.getLogger("tokenweight.records")
 
