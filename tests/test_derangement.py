@@ -86,3 +86,28 @@ def test_swap_assistant_turns_keeps_other_turns_and_replaces_assistant_turns_in_
     assert messages[2]["content"] == "a1" and donor[1]["content"] == "B1"
     out[2]["content"] = "changed"
     assert donor[1]["content"] == "B1"
+
+
+def test_foreign_hosts_stay_inside_their_split(smol_tokenizer):
+    """The score stage's foreign context: a train answer is never scored inside an eval sample's
+    input (an eval-only source, another format) or the other way round."""
+    from tokenweight.kernels.chat_encode import encode_conversation
+    from tokenweight.kernels.foreign_context import foreign_rows
+
+    splits = ["train", "eval"] * 6
+    messages = [[{"role": "user", "content": f"question {split} #{i}#"},
+                 {"role": "assistant", "content": f"answer {i}"}] for i, split in enumerate(splits)]
+    encoded = [encode_conversation(smol_tokenizer, m) for m in messages]
+    rows, masks = [e.input_ids for e in encoded], [e.loss_mask for e in encoded]
+    for seed in range(5):
+        out = foreign_rows(smol_tokenizer, messages, rows, masks, random.Random(seed), None, splits)
+        assert out.own_input == 0
+        for i, split in enumerate(splits):
+            text = smol_tokenizer.decode(out.rows[i])
+            host = [j for j in range(len(splits)) if f"question {splits[j]} #{j}#" in text]
+            assert len(host) == 1 and host[0] != i and splits[host[0]] == split, (seed, i, text)
+            assert f"answer {i}<" in text
+    # Without splits, hosts may cross (the behaviour the score stage no longer relies on).
+    crossed = foreign_rows(smol_tokenizer, messages, rows, masks, random.Random(0), None)
+    texts = [smol_tokenizer.decode(r) for r in crossed.rows]
+    assert any(f"question {'eval' if s == 'train' else 'train'}" in t for s, t in zip(splits, texts))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 
 def derangement(n: int, rng: random.Random) -> list[int]:
@@ -25,8 +25,10 @@ def derangement(n: int, rng: random.Random) -> list[int]:
             return perm
 
 
-def shuffled_pairing(turn_counts: Sequence[int], rng: random.Random) -> tuple[dict[int, int], list[int]]:
-    """Map sample index -> the index whose assistant turns it takes, and the indices left out."""
+def shuffled_pairing(turn_counts: Sequence[Hashable], rng: random.Random) -> tuple[dict[int, int], list[int]]:
+    """Map sample index -> the index whose assistant turns it takes, and the indices left out.
+    Samples pair only within a group of equal `turn_counts` (a number of turns, or any sortable key
+    that also holds it)."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i, n in enumerate(turn_counts):
         groups[n].append(i)

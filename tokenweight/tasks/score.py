@@ -29,7 +29,7 @@ from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 from .discriminator import model_name
 
-STAGE, VERSION = "score", "2"
+STAGE, VERSION = "score", "3"
 
 SCHEMA = pa.schema(
     [
@@ -69,7 +69,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
     if done:
         logger().info("score: resuming, %d of %d shards were finished by an interrupted run", len(done),
                       len(shard_paths(prep_dir)))
-    for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "input_ids", "loss_mask", "messages"])):
+    for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "split", "input_ids", "loss_mask", "messages"])):
         ids = table.column("id").to_pylist()
         rows, masks = table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist()
         scored_by = [scoring_fold(i, fold_seed, folds) for i in ids]
@@ -79,7 +79,7 @@ def _run(cfg: PipelineConfig, prepared: dict[str, Any], disc: dict[str, Any], ba
         if foreign:  # cheap next to scoring, and its count belongs in the manifest even for a done shard
             messages = [json.loads(m) for m in table.column("messages").to_pylist()]
             other = foreign_rows(tokenizer, messages, rows, masks, random.Random(f"{sc.seed}:{index}"),
-                                 cfg.prepare.max_tokens)
+                                 cfg.prepare.max_tokens, table.column("split").to_pylist())
             own_input += other.own_input
         if index in done:
             progress.update(sum(map(len, rows)) * (2 if foreign else 1))
