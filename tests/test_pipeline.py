@@ -16,7 +16,7 @@ import torch
 
 from conftest import chat_rows, pipeline_config, write_jsonl
 from tokenweight.config import STAGES
-from tokenweight.kernels.token_weights import group_max, word_groups
+from tokenweight.kernels.token_weights import group_max, value_groups
 
 # The weighted dataset's columns, exactly as DESIGN.md lists them.
 DESIGN_COLUMNS = [
@@ -109,8 +109,8 @@ def check_weighted_dataset(records, method, reference):
             assert np.all(loss[mask == 1] > 0)
         ld = np.asarray(r["loss_disc"]) - np.asarray(r["loss_ref"])
         margin = 0.0
-        word_ld = group_max(ld, word_groups(r["text"], r["offsets"], mask))  # granularity: word
-        assert np.array_equal(classes[mask == 1] == 1, word_ld[mask == 1] > margin)
+        value_ld = group_max(ld, value_groups(r["text"], r["offsets"], mask))  # granularity: value (the default)
+        assert np.array_equal(classes[mask == 1] == 1, value_ld[mask == 1] > margin)
         for (s, e), tok in zip(r["offsets"], r["input_ids"]):
             assert 0 <= s <= e <= len(r["text"])
         if reference == "base":
@@ -403,14 +403,17 @@ def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
     weights_dir = records["weights"]["uri"]
     assert main(["roles", weights_dir, "--margins", str(cfg.weights.margin), "5.0"]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
-    table = {(r[0].strip(), r[2].strip(), float(r[3])): [float(x) for x in r[4:]] for r in rows}
+    table = {(r[0].strip(), r[2].strip(), r[3].strip()): [float(x) for x in r[4:]] for r in rows}
     assert {ref for ref, _, _ in table} == {"control", "base"}
+    assert {gran for _, gran, _ in table} == {"value", "word", "token"}
     roles = json.loads((Path(weights_dir) / "summary.json").read_text())["roles"]
-    # The weights stage ran with the control, words and this margin: the same figures.
-    assert table[("control", "word", cfg.weights.margin)] == pytest.approx(
+    # The weights stage ran with the control, its granularity and this margin: the same figures.
+    assert table[("control", cfg.weights.granularity, str(cfg.weights.margin))] == pytest.approx(
         [roles["accuracy"], roles["reasoning_precision"], roles["reasoning_recall"], roles["reasoning_f1"]], abs=1e-3)
     # A margin no LD reaches leaves no reasoning token.
-    assert table[("control", "token", 5.0)][2] == 0.0
+    assert table[("control", "token", "5.0")][2] == 0.0
+    # The calibrated margin is shown with the value it took.
+    assert any(m.startswith("auto (") for _, _, m in table)
     # A source without known roles is a clear error, not an empty table.
     assert main(["roles", jsonl_run[1]["weights"]["uri"]]) == 2
     assert "no sample with known token roles" in capsys.readouterr().err
@@ -441,3 +444,25 @@ def test_each_stage_published_a_prefect_artifact_with_its_counts(synthetic_run):
     summary = json.loads(Path(records["weights"]["uri"], "summary.json").read_text())
     assert f"boilerplate share **{summary['boilerplate_share']:.1%}**" in text and "most frequent reasoning" in text
     assert f"token report: `{records['weights']['uri']}/report.html`" in text
+
+
+def test_margin_auto_is_the_calibrated_margin_of_the_runs_own_ld(synthetic_run):
+    from tokenweight.flows.pipeline import pipeline
+    from tokenweight.kernels.token_weights import calibrated_margin
+
+    cfg, _, records, _ = synthetic_run
+    auto = cfg.model_copy(update={"weights": cfg.weights.model_copy(update={"margin": "auto"})})
+    got = pipeline(auto, until="weights")
+    assert got["score"]["key"] == records["score"]["key"]  # only the weights stage ran again
+    rows = pa.concat_tables([pq.read_table(p) for p in shards(got["weights"]["uri"])]).to_pylist()
+    lds = [(np.asarray(r["loss_disc"]) - np.asarray(r["loss_ref"]))[np.asarray(r["loss_mask"]) == 1]
+           for r in rows if r["split"] == "train"]
+    expected = calibrated_margin(np.concatenate(lds))
+    summary = json.loads((Path(got["weights"]["uri"]) / "summary.json").read_text())
+    assert summary["margin_setting"] == "auto" and summary["margin"] == pytest.approx(expected, abs=1e-4)
+    assert expected > 0  # the tiny model's LD has a negative side to mirror
+    for r in rows:
+        mask = np.asarray(r["loss_mask"])
+        groups = value_groups(r["text"], r["offsets"], mask)
+        ld = group_max(np.asarray(r["loss_disc"]) - np.asarray(r["loss_ref"]), groups)
+        assert np.array_equal(np.asarray(r["token_class"])[mask == 1] == 1, ld[mask == 1] > summary["margin"])

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from tokenweight.kernels.token_weights import (
     METHODS,
+    class_groups,
     rft_group_weights,
     rft_static_weights,
     sample_weights,
     token_classes,
     group_max,
     uniform_weights,
+    value_groups,
     word_groups,
 )
 from tokenweight.tasks.weights import SCHEMA
@@ -191,6 +193,58 @@ def test_word_groups_skip_tokens_off_the_mask():
     assert groups[0] != groups[3] and groups[3] == groups[4]
 
 
+def _value_words(tokenizer, user: str, answer: str) -> list[str]:
+    """The groups value_groups finds in a real chat's assistant turn, as strings."""
+    from tokenweight.kernels.chat_encode import encode_conversation
+
+    enc = encode_conversation(tokenizer, [{"role": "user", "content": user},
+                                          {"role": "assistant", "content": answer}])
+    groups = value_groups(enc.text, enc.offsets, enc.loss_mask)
+    words: dict[int, str] = {}
+    for g, (a, b) in zip(groups, enc.offsets):
+        if g >= 0:
+            words[g] = words.get(g, "") + enc.text[a:b]
+    return [w.strip() for w in words.values()]
+
+
+def test_value_groups_join_a_copied_run_of_words_and_nothing_else(smol_tokenizer):
+    user = "Search the web for how do heat pumps work, please. Tools: web_search(query, max_results)"
+    answer = '{"name": "web_search", "arguments": {"query": "how do heat pumps work", "max_results": 3}}'
+    words = _value_words(smol_tokenizer, user, answer)
+    assert "how do heat pumps work" in words  # one decision, copied from the input
+    # The key, the tool name and the number stay their own words: quotes, `:` and `,` end a run.
+    assert "query" in words and "web_search" in words and "3" in words
+    assert not any(" " in w and ('"' in w or ":" in w) for w in words)
+    # The same words not in the input stay separate words.
+    alone = _value_words(smol_tokenizer, "Search the web, please.", answer)
+    assert "how do heat pumps work" not in alone and "heat" in alone
+
+
+def test_value_groups_spread_the_largest_ld_over_a_copied_run(smol_tokenizer):
+    from tokenweight.kernels.chat_encode import encode_conversation
+
+    enc = encode_conversation(smol_tokenizer, [{"role": "user", "content": "Title it Blue Door Cafe."},
+                                               {"role": "assistant", "content": 'title="Blue Door Cafe"'}])
+    mask = np.asarray(enc.loss_mask)
+    targets = [i for i in range(len(mask)) if mask[i]]
+    first = next(i for i in targets if enc.text[enc.offsets[i][0]:enc.offsets[i][1]].strip() == "Blue")
+    ld = np.zeros(len(mask), dtype=np.float32)
+    ld[first] = 3.0  # only the run's first word was hard without the input
+    classes = token_classes(ld, np.zeros_like(ld), mask, 0.5, value_groups(enc.text, enc.offsets, mask))
+    start = enc.text.rindex("Blue Door Cafe")
+    run = [i for i in targets if start <= enc.offsets[i][0] and enc.offsets[i][1] <= start + len("Blue Door Cafe")]
+    assert len(run) >= 3 and all(classes[i] == 1 for i in run)
+    assert sum(classes[i] == 1 for i in targets) == len(run)  # `title`, `=`, quotes stay boilerplate
+    word_classes = token_classes(ld, np.zeros_like(ld), mask, 0.5, word_groups(enc.text, enc.offsets, mask))
+    assert sum(word_classes[i] == 1 for i in targets) < len(run)
+
+
+def test_class_groups_name_the_granularity():
+    assert class_groups("ab", [(0, 1), (1, 2)], [1, 1], "token") is None
+    with pytest.raises(ValueError, match="granularity 'words'"):
+        class_groups("ab", [(0, 1), (1, 2)], [1, 1], "words")
+
+
 def test_group_max_spreads_the_largest_value_over_each_group():
     values = np.array([0.1, -0.5, 0.9, 0.2, 7.0], dtype=np.float32)
     groups = np.array([0, 0, 1, 1, -1])
@@ -214,7 +268,7 @@ _CHAT_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), whitelist_
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(user=_CHAT_TEXT, answer=_CHAT_TEXT, seed=st.integers(0, 2**32 - 1), method=st.sampled_from(METHODS),
-       granularity=st.sampled_from(["token", "word"]))
+       granularity=st.sampled_from(["token", "word", "value"]))
 def test_real_tokens_to_weights_to_a_shard_and_back(smol_tokenizer, tmp_path, user, answer, seed, method, granularity):
     """Tokens of a real chat -> classes and weights -> a shard written as the stage writes it ->
     read back: every column round-trips exactly, lengths agree, offsets point into the text."""
@@ -226,7 +280,7 @@ def test_real_tokens_to_weights_to_a_shard_and_back(smol_tokenizer, tmp_path, us
     n, mask = len(enc.input_ids), np.asarray(enc.loss_mask, dtype=np.int8)
     rng = np.random.default_rng(seed)
     losses = [(rng.gamma(1.0, 2.0, n) * mask).astype(np.float32) for _ in range(3)]
-    groups = word_groups(enc.text, enc.offsets, mask) if granularity == "word" else None
+    groups = class_groups(enc.text, enc.offsets, mask, granularity)
     classes = token_classes(losses[1], losses[2], mask, 0.1, groups)
     weight = sample_weights(method, losses[0], classes, mask, 3.0)
     row = {"id": f"s-{seed}", "split": "train", "text": enc.text, "input_ids": enc.input_ids,

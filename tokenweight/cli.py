@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("config", help="pipeline config (YAML) with a compare section, e.g. configs/bfcl-smollm2.yaml")
     _config_options(compare)
     roles = sub.add_parser("roles", help="compare a run's token classes with known token roles")
-    roles.add_argument("weights_dir", help="a finished weights output, {store}/weights/{key}")
+    roles.add_argument("weights_dir", nargs="+",
+                       help="a finished weights output, {store}/weights/{key}; several (one data set per format): "
+                            "all their formats in one table, then leave-one-format-out")
     roles.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
     roles.add_argument("--debug", action="store_true", help="show tracebacks")
     add_serve_parser(sub)
@@ -94,7 +96,8 @@ def print_summary(weights_dir: Path, where: str) -> None:
         return
     s = json.loads((weights_dir / "summary.json").read_text())
     tokens = s["target_tokens"]
-    print(f"\nsamples: {s['samples']}  (method {s['method']}, reference {s['reference']}, margin {s['margin']})")
+    print(f"\nsamples: {s['samples']}  (method {s['method']}, reference {s['reference']}, margin {s['margin']}"
+          f"{' (auto)' if s.get('margin_setting') == 'auto' else ''})")
     print(f"target tokens: boilerplate {tokens['boilerplate']}, reasoning {tokens['reasoning']}, "
           f"boilerplate share {s['boilerplate_share']:.1%}")
     for cls in ("boilerplate", "reasoning"):
@@ -112,10 +115,11 @@ def print_summary(weights_dir: Path, where: str) -> None:
 
 
 def _roles(args: argparse.Namespace) -> int:
-    from .role_report import role_table
+    from .role_report import role_table, suite_table
 
     try:
-        print(role_table(Path(args.weights_dir), args.margins))
+        dirs = [Path(d) for d in args.weights_dir]
+        print(role_table(dirs[0], args.margins) if len(dirs) == 1 else suite_table(dirs, args.margins))
     except (OSError, ValueError, KeyError) as err:
         if args.debug:
             raise

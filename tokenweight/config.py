@@ -200,12 +200,19 @@ class WeightsConfig(_Strict):
         description="`rft`: w_b/n_b on boilerplate, w_r/n_r on reasoning, (w_b, w_r) = "
         "softmax([L_b, L_r]/tau) at the base model's losses; `uniform`: 1/n on every target token.",
     )
-    margin: float = Field(0.2, description="Reasoning where LD = loss_disc - loss_ref > margin (nats).")
-    granularity: Literal["word", "token"] = Field(
-        "word",
+    margin: float | Literal["auto"] = Field(
+        1.0,
+        description="Reasoning where LD = loss_disc - loss_ref > margin (nats); 1.0 was chosen on the role "
+        "suite by leave-one-format-out. `auto`: calibrated from the run's own LD, the 95% point of -LD over "
+        "train target tokens with LD < 0 (the two models' noise, mirrored), for the control reference; best on "
+        "some formats, far too high on BFCL's answers.",
+    )
+    granularity: Literal["value", "word", "token"] = Field(
+        "value",
         description="`token`: each token by its own LD; `word`: every token of a word (a run of letters, "
         "digits and _-.@/: with no space or quote between) by the largest LD in it, so a value's later "
-        "pieces follow its first.",
+        "pieces follow its first; `value`: words, and every word of a run of space-separated words the "
+        "sample's input holds verbatim (a copied query, title or message) by the largest LD in the run.",
     )
     tau: float = Field(3.0, gt=0, description="RFT temperature (the paper: 1/tau in 0.2..0.5).")
     top_tokens: int = Field(20, ge=1, description="How many frequent tokens per class summary.json lists.")

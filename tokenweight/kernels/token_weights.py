@@ -7,6 +7,15 @@ in the token's word is above the margin. Weights are 0 off target tokens.
 Why words: once the first piece of a value is out (`Nair` of `Nairobi`, `2` of `2024-05-01`) its
 other pieces are predictable to any model, with or without the input, so token-level LD marks
 only the piece that carries the decision. The decision belongs to the whole value.
+
+Why values (the default granularity): a value of several words copied from the input (a search
+query, a title, a message: `how do heat pumps work`) is one decision too, but only its first word
+is hard for a discriminator that has seen similar values; the words after it follow from it.
+`value_groups` joins the words of each run of space-separated words that the sample's input
+(its non-target text) holds verbatim, and a value's class is again the largest LD in it. A run
+never crosses quotes, brackets, `:` or `,`, so a JSON key (in the tool schema) and its value stay
+apart; words the input holds that no model found hard stay boilerplate, since grouping only
+spreads an LD that is there.
 """
 
 from __future__ import annotations
@@ -46,6 +55,75 @@ def word_groups(text: str, offsets, loss_mask) -> np.ndarray:
     return groups
 
 
+def value_groups(text: str, offsets, loss_mask) -> np.ndarray:
+    """`word_groups`, with the words of each copied run joined: a run of two or more target words
+    separated by single spaces whose text (from its first word's first character to its last
+    word's last) occurs verbatim in the sample's non-target text."""
+    groups = word_groups(text, offsets, loss_mask)
+    source = _input_text(text, offsets, loss_mask)
+    n, t = len(groups), 0
+    while t < n:
+        if groups[t] < 0 or not _starts_run(text, offsets[t]):
+            t += 1
+            continue
+        start, end = _strip_space(text, offsets[t]), t
+        while (end + 1 < n and groups[end + 1] >= 0 and _continues_run(text, offsets[end + 1])
+               and text[start : offsets[end + 1][1]] in source):
+            end += 1
+        words = set(groups[t : end + 1].tolist())
+        if len(words) >= 2:  # every extension was checked against the source
+            groups[np.isin(groups, list(words))] = min(words)
+        t = end + 1
+    return groups
+
+
+def class_groups(text: str, offsets, loss_mask, granularity: str) -> np.ndarray | None:
+    """The groups `token_classes` takes the largest LD over: None for `token`, else word or value
+    groups."""
+    if granularity == "token":
+        return None
+    if granularity == "word":
+        return word_groups(text, offsets, loss_mask)
+    if granularity == "value":
+        return value_groups(text, offsets, loss_mask)
+    raise ValueError(f"unknown granularity {granularity!r}; valid: token, word, value")
+
+
+def _input_text(text: str, offsets, loss_mask) -> str:
+    """The non-target text, its separate stretches (system, user, tool turns) kept apart."""
+    parts, prev = [], None
+    for (a, b), m in zip(offsets, loss_mask):
+        if m or b <= a:
+            prev = None
+            continue
+        if prev is not None and a == prev:
+            parts[-1] += text[a:b]
+        else:
+            parts.append(text[a:b])
+        prev = b
+    return "\x00".join(parts)
+
+
+# A token that may lie inside a copied run: letters and digits (and `'`, `-`, `_` inside words),
+# after at most one leading space; a run's first token must begin with a letter or digit.
+def _run_body(piece: str) -> str:
+    return piece[1:] if piece.startswith(" ") else piece
+
+
+def _continues_run(text: str, span) -> bool:
+    body = _run_body(text[span[0] : span[1]])
+    return bool(body) and all(ch.isalnum() or ch in "'-_" for ch in body)
+
+
+def _starts_run(text: str, span) -> bool:
+    body = _run_body(text[span[0] : span[1]])
+    return _continues_run(text, span) and body[0].isalnum()
+
+
+def _strip_space(text: str, span) -> int:
+    return span[0] + 1 if text[span[0] : span[1]].startswith(" ") else span[0]
+
+
 def _is_word(ch: str) -> bool:
     return ch in _WORD or ch.isalnum()
 
@@ -59,6 +137,16 @@ def group_max(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
         np.maximum.at(best, groups[sel], out[sel])
         out[sel] = best[groups[sel]]
     return out
+
+
+def calibrated_margin(ld: np.ndarray, quantile: float = 0.95) -> float:
+    """A margin read from the run's own LD: the `quantile` of -LD over target tokens with LD < 0.
+
+    A token cannot be easier without its input than with it except by the two models' noise, so
+    the negative side of LD is noise alone; mirrored, it says how far noise reaches on the positive
+    side, and the margin sits where 95% of that noise stays below. 0 where no LD is negative."""
+    negative = -np.asarray(ld, dtype=np.float64)[np.asarray(ld) < 0]
+    return round(float(np.quantile(negative, quantile)), 4) if negative.size else 0.0
 
 
 def token_classes(

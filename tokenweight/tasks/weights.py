@@ -19,7 +19,7 @@ from prefect import task
 
 from .. import __version__
 from ..config import PipelineConfig
-from ..kernels.token_weights import sample_weights, token_classes, word_groups
+from ..kernels.token_weights import calibrated_margin, class_groups, sample_weights, token_classes
 from ..models import BaseModel, load_tokenizer, portable_name, tokenizer_fingerprint
 from ..preflight import PreflightTally, verdict
 from ..report_html import write_report
@@ -27,7 +27,7 @@ from ..store import Store, StageWriter, stage_key
 from .common import Progress, input_dir, iter_shards, logger, read_manifest, run_stage, shard_paths
 from .prepare import SAMPLE_FIELDS
 
-STAGE, VERSION = "weights", "2"
+STAGE, VERSION = "weights", "3"
 
 SCHEMA = pa.schema(
     [
@@ -124,6 +124,7 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
     tally, preflight = _Tally(), PreflightTally(wc.tau)
     if len(shard_paths(prep_dir)) != len(shard_paths(score_dir)):
         raise ValueError(f"{prep_dir} and {score_dir} have different shard counts")
+    margin = calibrate(prep_dir, score_dir, reference) if wc.margin == "auto" else wc.margin
     done = writer.done_shards()
     progress = Progress("weights", read_manifest(prep_dir)["counts"]["accepted"], "samples")
     for index, ((prep_path, prep), (score_path, score)) in enumerate(zip(iter_shards(prep_dir), iter_shards(score_dir))):
@@ -148,8 +149,8 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
             loss_base = np.asarray(s["loss_base"], dtype=np.float32)
             loss_disc = np.asarray(s["loss_disc"], dtype=np.float32)
             loss_ref = np.asarray(s["loss_control"], dtype=np.float32) if reference == "control" else loss_base
-            groups = word_groups(p["text"], p["offsets"], mask) if wc.granularity == "word" else None
-            classes = token_classes(loss_disc, loss_ref, mask, wc.margin, groups)
+            groups = class_groups(p["text"], p["offsets"], mask, wc.granularity)
+            classes = token_classes(loss_disc, loss_ref, mask, margin, groups)
             weight = sample_weights(wc.method, loss_base, classes, mask, wc.tau)
             tally.add(p["split"], np.asarray(p["input_ids"]), classes, loss_disc - loss_ref, p["role_truth"])
             if p["split"] == "train":  # what the fine-tune will weigh
@@ -160,7 +161,8 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
         writer.write_shard(index, pa.Table.from_pylist(rows, schema=SCHEMA), metadata)
         progress.update(prep.num_rows)
     progress.close()
-    summary = {"method": wc.method, "reference": reference, "margin": wc.margin, "granularity": wc.granularity,
+    summary = {"method": wc.method, "reference": reference, "margin": margin, "margin_setting": wc.margin,
+               "granularity": wc.granularity,
                **tally.summary(tokenizer, wc.top_tokens), "preflight": verdict(preflight.checks())}
     (writer.dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     report = write_report(shard_paths(writer.dir), summary, writer.dir / "report.html", wc.report_samples)
@@ -169,6 +171,23 @@ def _run(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], 
     return writer.commit(counts={"samples": sum(tally.samples.values()), **summary["target_tokens"],
                                  "report_samples": report["samples"]},
                          config=wc.model_dump(mode="json"), inputs=inputs)
+
+
+def calibrate(prep_dir, score_dir, reference: str) -> float:
+    """`margin: auto`: `calibrated_margin` over the LD of every train target token (one extra
+    read of the score shards and the prepared masks)."""
+    lds = []
+    for (_, prep), (_, score) in zip(iter_shards(prep_dir, ["split", "loss_mask"]), iter_shards(score_dir)):
+        for split, mask, s in zip(prep.column("split").to_pylist(), prep.column("loss_mask").to_pylist(),
+                                  score.to_pylist(), strict=True):
+            if split != "train":
+                continue
+            sel = np.asarray(mask, dtype=bool)
+            ref = s["loss_control"] if reference == "control" else s["loss_base"]
+            lds.append(np.asarray(s["loss_disc"], dtype=np.float32)[sel] - np.asarray(ref, dtype=np.float32)[sel])
+    margin = calibrated_margin(np.concatenate(lds)) if lds else 0.0
+    logger().info("weights: margin auto -> %.4f nats (from %d train samples)", margin, len(lds))
+    return margin
 
 
 def run_weights(cfg: PipelineConfig, scored: dict[str, Any], prepared: dict[str, Any], disc: dict[str, Any],
