@@ -24,7 +24,7 @@ import pytest
 
 from tokenweight.config import ConfigError, RolesSource, parse_config
 from tokenweight.kernels.chat_encode import assistant_spans, encode_conversation
-from tokenweight.role_report import role_table
+from tokenweight.role_report import role_table, suite_table
 from tokenweight.sources.role_suite import CONSTANT_RESULT_FIELDS, FORMATS, generate_role_suite
 from tokenweight.sources.synthetic import FAMILIES
 from tokenweight.tasks.prepare import read_source, source_fingerprint
@@ -117,7 +117,8 @@ def test_message_shapes():
             if fmt == "hermes" or s.meta.get("call_form") == "hermes":
                 assert "<tools>" in system and "<tool_call>" in system
             assert set(s.reasoning_spans) == {i for i, r in enumerate(roles) if r == "assistant"}
-            assert s.unscored_spans is None
+            # Unscored text is in calls only: what ends a reasoning value, optional argument names.
+            assert (s.unscored_spans is None) if fmt == "prose" else (set(s.unscored_spans) == {2})
 
 
 def test_spans_are_sorted_disjoint_and_inside_their_message():
@@ -240,7 +241,7 @@ def test_every_format_renders_through_the_chat_template(smol_tokenizer):
         for s in samples[:25]:
             enc = encode(smol_tokenizer, s)
             truth, mask = np.asarray(enc.role_truth), np.asarray(enc.loss_mask)
-            assert set(truth[mask == 1].tolist()) == {0, 1} and set(truth[mask == 0].tolist()) == {-1}
+            assert {0, 1} <= set(truth[mask == 1].tolist()) <= {-1, 0, 1} and set(truth[mask == 0].tolist()) == {-1}
             # Every reasoning span has a reasoning token; a reasoning token overlaps a span.
             starts = {i: a for i, a, _ in assistant_spans(smol_tokenizer, s.messages)[1]}
             absolute = [(starts[i] + a, starts[i] + b) for i, spans in s.reasoning_spans.items() for a, b in spans]
@@ -277,6 +278,12 @@ def test_react_value_restated_in_the_thought_is_reasoning_there_and_boilerplate_
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, value, nth=0)) == {1}
     assert content.count(value) == 2
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, value, nth=1)) == {0}
+    # After the repeated (boilerplate) value, its closing quote is boilerplate too: a model that
+    # read the thought knows where the value ends.
+    repeated_end = content.index(value, content.index(value) + 1) + len(value)
+    assert content[repeated_end] == '"'
+    assert role_set(roles_of(smol_tokenizer, s, enc, 2, content[repeated_end:repeated_end + 1],
+                             after=content[:repeated_end])) == {0}
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, "get_weather")) == {1}
 
 
@@ -296,6 +303,10 @@ def test_hermes_roles_by_hand(smol_tokenizer):
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, '"party_size": ')) == {0}
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, str(args["party_size"]), after='"party_size": ')) == {1}
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, args["restaurant"])) == {1}
+    # The quote that closes a reasoning value is unscored: whether the value ended there is
+    # information; so is the `"` that closes the tool name.
+    assert role_set(roles_of(smol_tokenizer, s, enc, 2, '"', after=args["restaurant"])) == {-1}
+    assert role_set(roles_of(smol_tokenizer, s, enc, 2, '"', after="book_restaurant")) == {-1}
 
 
 def test_python_roles_by_hand(smol_tokenizer):
@@ -306,9 +317,14 @@ def test_python_roles_by_hand(smol_tokenizer):
     found = roles_of(smol_tokenizer, s, enc, 2, content)
     assert found[0] == ("[", 0)
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, "get_weather")) == {1}
-    assert role_set(roles_of(smol_tokenizer, s, enc, 2, "(city")) == {0}
+    # `(` ends the tool's name (unscored); `city` is required, so its name is boilerplate.
+    assert role_set(roles_of(smol_tokenizer, s, enc, 2, "(")) == {-1}
+    assert role_set(roles_of(smol_tokenizer, s, enc, 2, "city")) == {0}
     assert role_set(roles_of(smol_tokenizer, s, enc, 2, args["city"])) == {1}
-    assert found[-1][1] == 0 and found[-1][0].endswith(")]")
+    # The last value's closing quote and `)]` end it: unscored.
+    assert found[-1][1] == -1 and found[-1][0].endswith(")]")
+    if "unit" in args:  # optional: whether the answer gives it depends on the request
+        assert role_set(roles_of(smol_tokenizer, s, enc, 2, "unit")) == {-1}
 
 
 def test_multiturn_roles_by_hand(smol_tokenizer):
@@ -352,8 +368,8 @@ def test_prose_roles_by_hand(smol_tokenizer):
 
 def test_boilerplate_share_per_format_over_100_samples(smol_tokenizer):
     """The shares in this module's docstring."""
-    expected = {"react": (3810, 1429), "hermes": (3928, 1291), "python": (1233, 1532),
-                "multiturn": (4041, 2157), "prose": (994, 1022), "all": (2862, 1468)}
+    expected = {"react": (3439, 1422), "hermes": (3528, 1285), "python": (826, 1526),
+                "multiturn": (3605, 2149), "prose": (994, 1022), "all": (2534, 1463)}
     got = {}
     for fmt in expected:
         counts = Counter()
@@ -380,7 +396,7 @@ def test_read_source_and_fingerprint():
     source = RolesSource(format="multiturn", n=6, seed=1)
     assert read_source(source) == generate_role_suite(6, 1, "multiturn")
     fingerprint = source_fingerprint(source)
-    assert fingerprint["role_suite"] == "1"
+    assert fingerprint["role_suite"] == "2"
     assert set(fingerprint["code"]) == {"role_suite", "synthetic", "tools_text"}
     assert fingerprint == source_fingerprint(RolesSource())  # the code, not the settings (those are in the key)
 
@@ -410,7 +426,7 @@ def _fake_run(tmp_path, rows):
 
 def _row(fmt, truth, disc):
     n = len(truth)
-    prep = {"text": "x" * n, "offsets": [[i, i + 1] for i in range(n)], "loss_mask": [1] * n,
+    prep = {"split": "train", "text": "x" * n, "offsets": [[i, i + 1] for i in range(n)], "loss_mask": [1] * n,
             "role_truth": truth, "meta": json.dumps({"format": fmt} if fmt else {})}
     score = {"loss_disc": disc, "loss_base": [0.0] * n, "loss_control": [0.0] * n}
     return prep, score
@@ -424,19 +440,55 @@ def test_roles_report_has_one_row_per_format_and_setting(tmp_path):
             _row("bfcl", [1, 0, -1, -1], [0.0, 0.0, 9.0, 9.0])]    # fn, tn
     out = role_table(_fake_run(tmp_path, rows), [0.5])
     lines = out.splitlines()
-    assert lines[2].startswith("| control | foreign | word | 0.5 |")
-    per_format = {tuple(c.strip() for c in line.split("|")[1:5]): [c.strip() for c in line.split("|")[5:-1]]
+    assert lines[2].startswith("| control | foreign | value | 0.5 |")
+    per_format = {tuple(c.strip() for c in line.split("|")[1:5]): [c.strip() for c in line.split("|")[5:-2]]
                   for line in lines if line.startswith(("| react", "| bfcl"))}
     # react: 7 scored tokens, 4 of them boilerplate; tp 2, fp 1, fn 1 -> P 0.667, R 0.667.
     assert per_format[("react", "control", "token", "0.5")] == ["7", "0.571", "0.667", "0.667", "0.667"]
     # bfcl: 2 scored tokens (the unscored ones never count), no reasoning predicted.
     assert per_format[("bfcl", "base", "token", "0.5")] == ["2", "0.500", "0.000", "0.000", "0.000"]
-    assert {k[0] for k in per_format} == {"react", "bfcl"} and len(per_format) == 2 * 4
+    # 2 references x 3 granularities x (the margin given + the calibrated one), per format.
+    assert {k[0] for k in per_format} == {"react", "bfcl"} and len(per_format) == 2 * 12
+    # No LD is negative here, so the calibrated margin is 0 and every positive LD is reasoning.
+    assert per_format[("react", "control", "token", "auto (0.00)")][2:] == ["0.667", "0.667", "0.667"]
 
 
 def test_roles_report_without_formats_is_the_single_table(tmp_path):
     rows = [_row(None, [1, 0, 0, -1], [1.0, 0.0, 1.0, 9.0])]
     out = role_table(_fake_run(tmp_path, rows), [0.5, 1.0])
     lines = out.splitlines()
-    assert len(lines) == 2 + 2 * 2 * 2 and all(line.startswith("| ") for line in lines)
+    assert len(lines) == 2 + 2 * 3 * 3 and all(line.startswith("| ") for line in lines)
     assert "Per format" not in out
+
+
+def test_suite_table_chooses_each_setting_on_the_other_formats(tmp_path):
+    # Two runs, one format each. On react, margin 0.5 is right (LD 1.0 reasoning, 0.3 noise); on
+    # hermes too; on python the reasoning LD is 0.4, so only margin 0.2 finds it. Held out, python
+    # gets the setting the other two chose (token level, as "xx" is one word; margin 0.5), which
+    # misses its reasoning.
+    react = [_row("react", [1, 0], [1.0, 0.3])]
+    hermes = [_row("hermes", [1, 0], [1.0, 0.3])]
+    python = [_row("python", [1, 0], [0.4, 0.0])]
+    dirs = [_fake_run(tmp_path / name, rows) for name, rows in (("r", react), ("h", hermes), ("p", python))]
+    out = suite_table(dirs, [0.2, 0.5])
+    held = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.splitlines() if line.startswith("| ") and "held-out" not in line
+            and line.split("|")[2].strip().startswith(("control", "base"))}
+    assert held["python"][0] == "control, token, 0.5" and held["python"][4] == "0.000"
+    assert held["python"][5].startswith("1.000")
+    # Held out, react gets what hermes and python agree on best (0.2: mean F1 0.833), which calls
+    # its 0.3 noise reasoning: choosing on other formats costs it, as it should show.
+    assert held["react"][0] == "control, token, 0.2" and held["react"][4] == "0.667"
+    with pytest.raises(ValueError, match="more than one run"):
+        suite_table([dirs[0], dirs[0]], [0.5])
+
+
+def test_calibrated_margin_mirrors_the_negative_side_of_ld():
+    from tokenweight.kernels.token_weights import calibrated_margin
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.2, 20000)
+    ld = np.concatenate([noise, rng.uniform(2.0, 6.0, 5000)])  # symmetric noise plus real reasoning
+    m = calibrated_margin(ld)
+    assert abs(m - 0.2 * 1.96) < 0.03  # the 95% point of |noise|, untouched by the positive tail
+    assert calibrated_margin(np.array([0.5, 1.0])) == 0.0

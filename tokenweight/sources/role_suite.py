@@ -41,6 +41,14 @@ Roles, as character spans of each assistant message (`Sample.reasoning_spans`):
   that happen to be equal are both reasoning.
 - result fields that never vary (`get_stock_price`'s currency, `send_email`'s status: see
   `CONSTANT_RESULT_FIELDS`) are boilerplate: they do not depend on the input at all.
+- unscored (`Sample.unscored_spans`: trained, but neither class in the role scores), as in
+  BFCL's syntax-tree rules (`sources/bfcl_roles.py`), since both depend on the input without
+  being a value: inside a call, the character that ends a reasoning value (its closing quote, or
+  the `,` `}` `)` or newline right after it: whether the value ended there is itself
+  information; after a repeated value it is boilerplate), and the name of an optional argument
+  (whether the answer gives it depends on the request; a required argument's name follows from
+  the tool and is boilerplate). Any token that holds such a character is unscored.
+  (Version 1 of these rules counted both as boilerplate.)
 
 Known limits of these rules: in the prose format the first words of the answer sentence are
 family-specific template words ("It's ... degrees"), so they depend on which request was made,
@@ -61,7 +69,7 @@ from tokenweight.sources.tools_text import compact_tools, system_with_tools
 
 # Bump when the samples a (format, n, seed) gives change; the prepare key holds it (and a hash
 # of this file and the modules it draws from, see tasks/prepare.py).
-VERSION = "1"
+VERSION = "2"
 FORMATS = ("react", "hermes", "python", "multiturn", "prose")
 CONSTANT_RESULT_FIELDS = {"get_stock_price": frozenset({"currency"}), "send_email": frozenset({"status"})}
 
@@ -125,18 +133,36 @@ class _Answer:
     def __init__(self, stated: set) -> None:
         self.text = ""
         self.spans: list[tuple[int, int]] = []
+        self.unscored: list[tuple[int, int]] = []
         self.stated = stated
 
     def fixed(self, piece: str) -> None:
         self.text += piece
 
-    def value(self, key: tuple, piece: str, constant: bool = False) -> None:
+    def unscored_piece(self, piece: str) -> None:
+        """Text that is neither class (see the module docstring: what ends a value, optional keys)."""
+        self.unscored.append((len(self.text), len(self.text) + len(piece)))
+        self.text += piece
+
+    def value(self, key: tuple, piece: str, constant: bool = False) -> bool:
+        """Append a value; True where it is reasoning (its first statement, not a constant)."""
         if key in self.stated or constant or not piece:
             self.fixed(piece)
-            return
+            return False
         self.stated.add(key)
         self.spans.append((len(self.text), len(self.text) + len(piece)))
         self.text += piece
+        return True
+
+    def call_value(self, key: tuple, piece: str, end: str) -> None:
+        """A value inside a call and the character that ends it (closing quote, `,`, `)`, newline):
+        after a reasoning value that character is unscored, since whether the value ended there
+        is itself information (as in BFCL's rules); after a repeated value it is boilerplate."""
+        if self.value(key, piece) and end:
+            self.unscored_piece(end[0])
+            self.fixed(end[1:])
+        else:
+            self.fixed(end)
 
     def template(self, template: str, keys: dict[str, tuple], values: dict[str, Any],
                  constant: frozenset = frozenset()) -> None:
@@ -145,45 +171,51 @@ class _Answer:
             if field is not None:
                 self.value(keys[field], _shown(values[field]), constant=field in constant)
 
-    def json_value(self, key: tuple, value: Any) -> None:
-        """A JSON literal; a string's span is its (escaped) text inside the quotes."""
-        text = json.dumps(value, ensure_ascii=False)
-        if isinstance(value, str):
-            self.fixed('"')
-            self.value(key, text[1:-1])
-            self.fixed('"')
-        else:
-            self.value(key, text)
+    def key(self, name: str, optional: bool) -> None:
+        """An argument's name: boilerplate for a required one (it follows from the tool), unscored
+        for an optional one (whether the answer gives it depends on the request)."""
+        (self.unscored_piece if optional else self.fixed)(name)
 
-    def json_args(self, args: dict[str, Any]) -> None:
-        """`{"arg": value, ...}`, the text json.dumps gives."""
+    def json_args(self, args: dict[str, Any], optional: frozenset) -> None:
+        """`{"arg": value, ...}`, the text json.dumps gives; a string's span is its (escaped)
+        text inside the quotes."""
         self.fixed("{")
         for number, (name, arg) in enumerate(args.items()):
-            self.fixed(f"{', ' if number else ''}{json.dumps(name)}: ")
-            self.json_value(("arg", name), arg)
-        self.fixed("}")
+            self.fixed(' "' if number else '"')  # the `,` before it ended the previous value
+            self.key(name, name in optional)
+            self.fixed('": ')
+            text = json.dumps(arg, ensure_ascii=False)
+            close = "}" if number == len(args) - 1 else ","
+            if isinstance(arg, str):
+                self.fixed('"')
+                self.call_value(("arg", name), text[1:-1], '"' + close)
+            else:
+                self.call_value(("arg", name), text, close)
+        if not args:
+            self.fixed("}")
 
-    def python_call(self, name: str, args: dict[str, Any]) -> None:
+    def python_call(self, name: str, args: dict[str, Any], optional: frozenset) -> None:
         """`[name(arg='value', n=3)]`, the text tools_text.format_calls gives."""
         self.fixed("[")
-        self.value(("tool",), name)
-        self.fixed("(")
+        self.call_value(("tool",), name, "(")
         for number, (key, arg) in enumerate(args.items()):
-            self.fixed(f"{', ' if number else ''}{key}=")
+            self.fixed(" " if number else "")  # the `,` before it ended the previous value
+            self.key(key, key in optional)
+            self.fixed("=")
             text = repr(arg)
+            end = ")]" if number == len(args) - 1 else ","
             if isinstance(arg, str):
                 self.fixed(text[0])
-                self.value(("arg", key), text[1:-1])
-                self.fixed(text[-1])
+                self.call_value(("arg", key), text[1:-1], text[-1] + end)
             else:
-                self.value(("arg", key), text)
-        self.fixed(")]")
+                self.call_value(("arg", key), text, end)
+        if not args:
+            self.fixed(")]")
 
-    def hermes_call(self, name: str, args: dict[str, Any]) -> None:
+    def hermes_call(self, name: str, args: dict[str, Any], optional: frozenset) -> None:
         self.fixed('<tool_call>\n{"name": "')
-        self.value(("tool",), name)
-        self.fixed('", "arguments": ')
-        self.json_args(args)
+        self.call_value(("tool",), name, '", "arguments": ')
+        self.json_args(args, optional)
         self.fixed("}\n</tool_call>")
 
 
@@ -219,6 +251,7 @@ def _sample(rng: random.Random, fmt: str, sample_id: str, origin: str) -> Sample
     form = rng.choice(("hermes", "python")) if fmt == "multiturn" else fmt
     messages = [{"role": "system", "content": _system(rng, form, tools)}, {"role": "user", "content": user}]
     call = _Answer(stated)
+    optional = frozenset(p.name for p in family.params if not p.required)
     if form == "react":
         call.fixed("Thought: ")
         thought = rng.choice(THOUGHTS if args else [t for t in THOUGHTS if "{value}" not in t])
@@ -228,17 +261,16 @@ def _sample(rng: random.Random, fmt: str, sample_id: str, origin: str) -> Sample
         else:
             call.fixed(thought)
         call.fixed("\nAction: ")
-        call.value(("tool",), family.name)
-        call.fixed("\nAction Input: ")
-        call.json_args(args)
+        call.call_value(("tool",), family.name, "\nAction Input: ")
+        call.json_args(args, optional)
     elif form == "hermes":
         if rng.random() < 0.5:
             call.fixed(rng.choice(PREFACES) + "\n")
-        call.hermes_call(family.name, args)
+        call.hermes_call(family.name, args, optional)
     else:
-        call.python_call(family.name, args)
+        call.python_call(family.name, args, optional)
     messages.append({"role": "assistant", "content": call.text})
-    spans = {2: call.spans}
+    spans, unscored = {2: call.spans}, {2: call.unscored}
     if fmt == "multiturn":
         meta["call_form"] = form
         result = family.result(rng, values)
@@ -246,7 +278,7 @@ def _sample(rng: random.Random, fmt: str, sample_id: str, origin: str) -> Sample
         final = _final(rng, family, args, result, stated)
         messages.append({"role": "assistant", "content": final.text})
         spans[4] = final.spans
-    return Sample(sample_id, messages, origin, reasoning_spans=spans, meta=meta)
+    return Sample(sample_id, messages, origin, reasoning_spans=spans, meta=meta, unscored_spans=unscored)
 
 
 def _tools(rng: random.Random, family: Family) -> list[dict]:
