@@ -59,3 +59,18 @@ def test_print_table_aligns_columns(capsys):
     print_table("t", ["a", "bb"], [["xxx", 1]])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1] == "| a   | bb |" and lines[3] == "| xxx | 1  |"
+
+
+def test_role_suite_makes_one_data_set_per_format():
+    from benchmarks.role_suite import CONFIG, FORMATS, format_overrides
+    from tokenweight.config import BfclRolesSource, RolesSource
+    from tokenweight.flows.deployed import load_run_config
+
+    for fmt in FORMATS:
+        cfg = load_run_config(str(CONFIG), format_overrides(fmt, 120))
+        assert cfg.prepare.eval_source is None  # every format is scored as its own data set
+        if fmt == "bfcl":
+            assert isinstance(cfg.prepare.source, BfclRolesSource) and cfg.prepare.source.limit_per_category == 40
+        else:
+            assert cfg.prepare.source == RolesSource(format=fmt, n=120, seed=0)
+        assert cfg.weights.granularity == "value" and cfg.weights.margin == 1.0  # the defaults

@@ -1,93 +1,189 @@
-"""How the token classes of a finished run compare with known token roles, over the settings that
-only change the weights stage: reference (control or base), granularity (word or token), margin.
+"""How the token classes of finished runs compare with known token roles, over the settings that
+only change the weights stage: reference (control or base), granularity (value, word or token),
+margin (fixed, or `auto`: calibrated from the run's own LD, see `calibrated_margin`).
 
-`tokenweight roles {store}/weights/{key}` reads the weight shards (losses of every model) and the
-prepared shards they came from (which hold the roles for sources that know them, such as the
-synthetic generator) and prints a markdown table. It scores every sample with known roles; those
-the discriminator was trained on are included, as in the weights stage's own summary.
+`tokenweight roles {store}/weights/{key} [more weights dirs]` reads the weight shards' runs (the
+losses of every model) and the prepared shards they came from (which hold the roles for sources
+that know them: the synthetic generator, the role suite, BFCL with syntax-tree roles) and prints
+markdown tables. It scores every sample with known roles.
 
 When samples carry a format (`meta["format"]`: the role suite's react, hermes, python, multiturn,
-prose; `bfcl` for BFCL answers with syntax-tree roles), a second table follows, one row per format
-and setting, so that settings can be chosen on some formats and reported on the others. Tokens a
-source leaves unscored (role -1) count in neither table.
+prose; `bfcl` for BFCL answers with syntax-tree roles), a table follows with one row per format and
+setting. Given several runs (one data set per format, as a team's data usually is), the formats of
+all of them go in one table, and a leave-one-format-out table follows: for each format, the setting
+with the best mean F1 over the *other* formats, and what it gets on the held-out one. Tokens a
+source leaves unscored (role -1) count in no table.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .kernels.token_weights import token_classes, word_groups
+from .kernels.token_weights import calibrated_margin, class_groups, token_classes
 from .tasks.common import iter_shards
 from .tasks.weights import role_scores
 
+GRANULARITIES = ("value", "word", "token")
+REFERENCES = ("control", "base")
+Variant = tuple[str, str, float | str]  # (reference, granularity, margin or "auto")
 
-def role_table(weights_dir: Path, margins: list[float]) -> str:
+
+@dataclass
+class RunRoles:
+    """The confusions of one run, per setting, over all its samples and per format."""
+
+    context: str
+    seconds: float  # discriminator + score stage wall time
+    confusion: dict[Variant, Counter]
+    by_format: dict[str, dict[Variant, Counter]] = field(default_factory=dict)
+    truth_by_format: dict[str, Counter] = field(default_factory=dict)
+    auto_margin: dict[str, float] = field(default_factory=dict)  # reference -> calibrated margin
+
+
+def run_roles(weights_dir: Path, margins: list[float]) -> RunRoles:
+    """Read one run and tally, for every setting, (true role, class) pairs of its scored tokens."""
     manifest = json.loads((weights_dir / "_manifest.json").read_text())
     store = weights_dir.parent.parent
     prep_dir = store / "prepare" / manifest["inputs"]["prepare"]
     score_dir = store / "score" / manifest["inputs"]["score"]
-    variants = [(ref, gran, m) for ref in ("control", "base") for gran in ("word", "token") for m in margins]
-    confusion = {v: Counter() for v in variants}
-    # meta["format"] -> variant -> confusion, and -> Counter of the true roles of its scored tokens
-    by_format: dict[str, dict[tuple, Counter]] = {}
-    truth_by_format: dict[str, Counter] = {}
+    score_manifest = json.loads((score_dir / "_manifest.json").read_text())
+    seconds = float(score_manifest.get("seconds", 0.0))
+    disc_key = manifest["inputs"].get("discriminator")
+    if disc_key and (store / "discriminator" / disc_key / "_manifest.json").exists():
+        disc_manifest = json.loads((store / "discriminator" / disc_key / "_manifest.json").read_text())
+        seconds += float(disc_manifest.get("seconds", 0.0))
+    samples = []
     for (_, prep), (_, score) in zip(iter_shards(prep_dir), iter_shards(score_dir)):
         for p, s in zip(prep.to_pylist(), score.to_pylist()):
-            if p["role_truth"] is None:
+            if p["role_truth"] is not None:
+                samples.append((p, s))
+    if not samples:
+        raise ValueError(f"{prep_dir}: no sample with known token roles (use a synthetic, roles or bfcl_roles source)")
+    auto = {}  # reference -> the calibrated margin over the train split's target tokens
+    for ref in REFERENCES:
+        lds = [(np.asarray(s["loss_disc"], np.float32) - np.asarray(_refs(s)[ref], np.float32))
+               [np.asarray(p["loss_mask"]) > 0] for p, s in samples if ref in _refs(s) and p["split"] == "train"]
+        if lds:
+            auto[ref] = calibrated_margin(np.concatenate(lds))
+    variants: list[Variant] = [(ref, gran, m) for ref in REFERENCES for gran in GRANULARITIES
+                               for m in [*margins, "auto"]]
+    out = RunRoles(score_manifest["config"]["disc_context"], seconds, {v: Counter() for v in variants},
+                   auto_margin=auto)
+    for p, s in samples:
+        fmt = json.loads(p["meta"] or "{}").get("format")
+        if fmt is not None and fmt not in out.by_format:
+            out.by_format[fmt], out.truth_by_format[fmt] = {v: Counter() for v in variants}, Counter()
+        truth, mask = np.asarray(p["role_truth"]), np.asarray(p["loss_mask"])
+        if fmt is not None:
+            out.truth_by_format[fmt].update(truth[truth >= 0].tolist())
+        groups = {gran: class_groups(p["text"], p["offsets"], mask, gran) for gran in GRANULARITIES}
+        disc, refs = np.asarray(s["loss_disc"], dtype=np.float32), _refs(s)
+        sel = truth >= 0
+        for ref, gran, m in variants:
+            if ref not in refs:
                 continue
-            fmt = json.loads(p["meta"] or "{}").get("format")
-            if fmt is not None and fmt not in by_format:
-                by_format[fmt], truth_by_format[fmt] = {v: Counter() for v in variants}, Counter()
-            truth, mask = np.asarray(p["role_truth"]), np.asarray(p["loss_mask"])
+            margin = auto[ref] if m == "auto" else m
+            classes = token_classes(disc, np.asarray(refs[ref], dtype=np.float32), mask, margin, groups[gran])
+            pairs = list(zip(truth[sel].tolist(), classes[sel].tolist()))
+            out.confusion[(ref, gran, m)].update(pairs)
             if fmt is not None:
-                truth_by_format[fmt].update(truth[truth >= 0].tolist())
-            groups = word_groups(p["text"], p["offsets"], mask)
-            disc = np.asarray(s["loss_disc"], dtype=np.float32)
-            refs = {"base": np.asarray(s["loss_base"], dtype=np.float32)}
-            if s["loss_control"] is not None:
-                refs["control"] = np.asarray(s["loss_control"], dtype=np.float32)
-            for ref, gran, m in variants:
-                if ref in refs:
-                    classes = token_classes(disc, refs[ref], mask, m, groups if gran == "word" else None)
-                    sel = truth >= 0
-                    pairs = list(zip(truth[sel].tolist(), classes[sel].tolist()))
-                    confusion[(ref, gran, m)].update(pairs)
-                    if fmt is not None:
-                        by_format[fmt][(ref, gran, m)].update(pairs)
-    context = json.loads((score_dir / "_manifest.json").read_text())["config"]["disc_context"]
+                out.by_format[fmt][(ref, gran, m)].update(pairs)
+    return out
+
+
+def _refs(score_row: dict) -> dict:
+    """The reference losses a score row has: the base model's, and the control's where it was scored."""
+    refs = {"base": score_row["loss_base"]}
+    if score_row["loss_control"] is not None:
+        refs["control"] = score_row["loss_control"]
+    return refs
+
+
+def _margin(run: RunRoles, ref: str, m: float | str) -> str:
+    return f"auto ({run.auto_margin[ref]:.2f})" if m == "auto" else f"{m}"
+
+
+def role_table(weights_dir: Path, margins: list[float]) -> str:
+    """The tables of one run (see the module docstring)."""
+    run = run_roles(weights_dir, margins)
     lines = ["| reference | disc context | granularity | margin | accuracy | reasoning precision | recall | F1 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for ref, gran, m in variants:
-        if confusion[(ref, gran, m)]:
-            r = role_scores(confusion[(ref, gran, m)])
-            lines.append(f"| {ref} | {context} | {gran} | {m} | {r['accuracy']:.3f} | {r['reasoning_precision']:.3f} "
-                         f"| {r['reasoning_recall']:.3f} | {r['reasoning_f1']:.3f} |")
-    if len(lines) == 2:
-        raise ValueError(f"{prep_dir}: no sample with known token roles (use a synthetic, roles or bfcl_roles source)")
-    if by_format:
-        lines += ["", format_table(by_format, truth_by_format, variants)]
+    for (ref, gran, m), confusion in run.confusion.items():
+        if confusion:
+            r = role_scores(confusion)
+            lines.append(f"| {ref} | {run.context} | {gran} | {_margin(run, ref, m)} | {r['accuracy']:.3f} "
+                         f"| {r['reasoning_precision']:.3f} | {r['reasoning_recall']:.3f} | {r['reasoning_f1']:.3f} |")
+    if run.by_format:
+        lines += ["", format_table([run])]
     return "\n".join(lines)
 
 
-def format_table(by_format: dict[str, dict[tuple, Counter]], truth_by_format: dict[str, Counter],
-                 variants: list[tuple]) -> str:
-    """One row per (format, variant): the scored tokens of that format, its true boilerplate share,
+def suite_table(weights_dirs: list[Path], margins: list[float]) -> str:
+    """Several runs (one per data set): every format in one table, then leave-one-format-out."""
+    runs = [run_roles(d, margins) for d in weights_dirs]
+    if not all(r.by_format for r in runs):
+        raise ValueError("every run needs samples with a format (meta['format']) for a suite table")
+    formats = [f for r in runs for f in r.by_format]
+    if len(set(formats)) != len(formats):
+        raise ValueError(f"a format is in more than one run: {sorted(formats)}")
+    return format_table(runs) + "\n\n" + leave_one_out_table(runs)
+
+
+def _format_scores(runs: list[RunRoles]) -> dict[str, dict[Variant, dict]]:
+    return {fmt: {v: role_scores(c) for v, c in run.by_format[fmt].items() if c}
+            for run in runs for fmt in run.by_format}
+
+
+def format_table(runs: list[RunRoles]) -> str:
+    """One row per (format, setting): the scored tokens of that format, its true boilerplate share,
     and the reasoning precision, recall and F1 of the classes on that format alone."""
-    lines = [f"Per format ({', '.join(sorted(by_format))}): tokens and boilerplate share are the "
-             "scored tokens' true roles.", "",
+    formats = sorted(f for r in runs for f in r.by_format)
+    lines = [f"Per format ({', '.join(formats)}): tokens and boilerplate share are the scored tokens' true "
+             "roles; seconds are the run's discriminator and score stages.", "",
              "| format | reference | granularity | margin | tokens | boilerplate share | reasoning precision "
-             "| recall | F1 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for fmt in sorted(by_format):
-        truth = truth_by_format[fmt]
-        share = truth[0] / max(1, truth[0] + truth[1])
-        for ref, gran, m in variants:
-            if by_format[fmt][(ref, gran, m)]:
-                r = role_scores(by_format[fmt][(ref, gran, m)])
-                lines.append(f"| {fmt} | {ref} | {gran} | {m} | {r['tokens']} | {share:.3f} "
-                             f"| {r['reasoning_precision']:.3f} | {r['reasoning_recall']:.3f} | {r['reasoning_f1']:.3f} |")
+             "| recall | F1 | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        for fmt in sorted(run.by_format):
+            truth = run.truth_by_format[fmt]
+            share = truth[0] / max(1, truth[0] + truth[1])
+            for (ref, gran, m), confusion in run.by_format[fmt].items():
+                if confusion:
+                    r = role_scores(confusion)
+                    lines.append(f"| {fmt} | {ref} | {gran} | {_margin(run, ref, m)} | {r['tokens']} | {share:.3f} "
+                                 f"| {r['reasoning_precision']:.3f} | {r['reasoning_recall']:.3f} "
+                                 f"| {r['reasoning_f1']:.3f} | {run.seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def leave_one_out_table(runs: list[RunRoles]) -> str:
+    """For each format: the setting with the best mean F1 over the other formats, and its scores on
+    the held-out one (with the best setting there, for scale)."""
+    scores = _format_scores(runs)
+    formats = sorted(scores)
+    lines = ["Leave one format out: the setting is chosen on the other formats (best mean F1), then "
+             "reported on the held-out format.", "",
+             "| held-out format | chosen setting (reference, granularity, margin) | mean F1 on the others "
+             "| precision | recall | F1 held out | best F1 there (setting) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for held in formats:
+        others = [f for f in formats if f != held]
+        if not others:
+            break
+        # Settings in declaration order (control before base, value before word before token), so a
+        # tie goes to the first.
+        common = [v for v in scores[formats[0]] if all(v in scores[f] for f in formats)]
+        mean = {v: float(np.mean([scores[f][v]["reasoning_f1"] for f in others])) for v in common}
+        chosen = max(common, key=lambda v: mean[v])
+        got = scores[held][chosen]
+        best = max(scores[held], key=lambda v: scores[held][v]["reasoning_f1"])
+        lines.append(f"| {held} | {', '.join(map(str, chosen))} | {mean[chosen]:.3f} "
+                     f"| {got['reasoning_precision']:.3f} "
+                     f"| {got['reasoning_recall']:.3f} | {got['reasoning_f1']:.3f} "
+                     f"| {scores[held][best]['reasoning_f1']:.3f} ({', '.join(map(str, best))}) |")
     return "\n".join(lines)
