@@ -107,7 +107,7 @@ def test_foreign_hosts_stay_inside_their_split(smol_tokenizer):
             host = [j for j in range(len(splits)) if f"question {splits[j]} #{j}#" in text]
             assert len(host) == 1 and host[0] != i and splits[host[0]] == split, (seed, i, text)
             assert f"answer {i}<" in text
-    # Without splits, hosts may cross (the behaviour the score stage no longer relies on).
-    crossed = foreign_rows(smol_tokenizer, messages, rows, masks, random.Random(0), None)
+    # With one split for all, hosts cross (what the score stage did before it passed the splits).
+    crossed = foreign_rows(smol_tokenizer, messages, rows, masks, random.Random(0), None, [""] * len(splits))
     texts = [smol_tokenizer.decode(r) for r in crossed.rows]
     assert any(f"question {'eval' if s == 'train' else 'train'}" in t for s, t in zip(splits, texts))

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels.token_weights import calibrated_margin, class_groups, token_classes
+from .kernels.token_weights import class_groups, token_classes
 from .tasks.common import iter_shards
-from .tasks.weights import role_scores
+from .tasks.weights import calibrate, role_scores
 
 GRANULARITIES = ("value", "word", "token")
 REFERENCES = ("control", "base")
@@ -64,12 +64,8 @@ def run_roles(weights_dir: Path, margins: list[float]) -> RunRoles:
                 samples.append((p, s))
     if not samples:
         raise ValueError(f"{prep_dir}: no sample with known token roles (use a synthetic, roles or bfcl_roles source)")
-    auto = {}  # reference -> the calibrated margin over the train split's target tokens
-    for ref in REFERENCES:
-        lds = [(np.asarray(s["loss_disc"], np.float32) - np.asarray(_refs(s)[ref], np.float32))
-               [np.asarray(p["loss_mask"]) > 0] for p, s in samples if ref in _refs(s) and p["split"] == "train"]
-        if lds:
-            auto[ref] = calibrated_margin(np.concatenate(lds))
+    # reference -> the margin `margin: auto` gives in the weights stage (the same function)
+    auto = {ref: calibrate(prep_dir, score_dir, ref) for ref in REFERENCES if ref in _refs(samples[0][1])}
     variants: list[Variant] = [(ref, gran, m) for ref in REFERENCES for gran in GRANULARITIES
                                for m in [*margins, "auto"]]
     out = RunRoles(score_manifest["config"]["disc_context"], seconds, {v: Counter() for v in variants},
@@ -171,13 +167,13 @@ def leave_one_out_table(runs: list[RunRoles]) -> str:
              "| held-out format | chosen setting (reference, granularity, margin) | mean F1 on the others "
              "| precision | recall | F1 held out | best F1 there (setting) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
+    # Settings every format has, in declaration order (control before base, value before word
+    # before token), so a tie goes to the first.
+    common = [v for v in scores[formats[0]] if all(v in scores[f] for f in formats)]
     for held in formats:
         others = [f for f in formats if f != held]
         if not others:
             break
-        # Settings in declaration order (control before base, value before word before token), so a
-        # tie goes to the first.
-        common = [v for v in scores[formats[0]] if all(v in scores[f] for f in formats)]
         mean = {v: float(np.mean([scores[f][v]["reasoning_f1"] for f in others])) for v in common}
         chosen = max(common, key=lambda v: mean[v])
         got = scores[held][chosen]

@@ -38,14 +38,13 @@ def foreign_rows(
     masks: Sequence[Sequence[int]],
     rng: random.Random,
     max_tokens: int | None,
-    splits: Sequence[str] | None = None,
+    splits: Sequence[str],
 ) -> ForeignRows:
     """For each sample i, its assistant turns rendered in the input of another sample of the same
     split with the same number of assistant turns (a derangement), or its own row where that cannot
     be done. Hosts stay inside a split because the discriminator was trained on train inputs only:
     an eval-only source (another format, another system prompt) as host puts the answer where the
     discriminator never learned the format, and every format token then looks input-dependent."""
-    splits = splits if splits is not None else [""] * len(messages)
     turns = [(split, sum(m["role"] == "assistant" for m in msgs)) for split, msgs in zip(splits, messages, strict=True)]
     pairing, _ = shuffled_pairing(turns, rng)
     host_of = {donor: host for host, donor in pairing.items()}
