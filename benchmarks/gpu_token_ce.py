@@ -1,7 +1,7 @@
 """GPU benchmark of per-token cross-entropy at SmolLM2-135M's head shape (H=576, V=49152).
 
 Times three ways (four for fp32) to score N target tokens, in bf16 and fp32:
-  triton  - the fused kernel in tokenweight/kernels/triton_token_ce.py (no logits in memory);
+  triton  - the fused kernel in tokenweight/components/triton_token_ce.py (no logits in memory);
             for fp32 also "tri-3xtf32", the same kernel with fp32_precision="tf32x3",
   chunked - torch `chunked_token_ce` with chunk_rows=1024 (a (1024, V) logits chunk at a time),
   naive   - full (N, V) logits, then F.cross_entropy.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tokenweight.kernels.token_loss import chunked_token_ce
-from tokenweight.kernels.triton_token_ce import triton_available, triton_token_ce
+from tokenweight.components.token_loss import chunked_token_ce
+from tokenweight.components.triton_token_ce import triton_available, triton_token_ce
 
 H, V = 576, 49152
 NS = (4096, 16384)

@@ -35,7 +35,7 @@ def smollm2_path(store: str) -> str:
 def bfcl_rows(tokenizer, n: int, skip: int = 0) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids and target masks of `n` BFCL samples, taken in turn from the five categories
     (after skipping `skip` per category), truncated to MAX_TOKENS."""
-    from tokenweight.kernels.chat_encode import encode_conversation
+    from tokenweight.components.chat_encode import encode_conversation
     from tokenweight.samples import Sample
     from tokenweight.sources.bfcl import read_bfcl
 

@@ -19,7 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
-from tokenweight.flows.deployed import load_run_config
+from tokenweight.config import load_config
 from tokenweight.flows.pipeline import pipeline
 from tokenweight.role_report import suite_table
 
@@ -51,9 +51,9 @@ def main() -> None:
     for fmt in args.formats:
         overrides = format_overrides(fmt, args.n) + args.overrides + ([f"store={args.store}"] if args.store else [])
         start = time.perf_counter()
-        records = pipeline(load_run_config(str(CONFIG), overrides), until="weights")
-        print(f"{fmt}: weights {records['weights']['uri']} ({time.perf_counter() - start:.0f} s)", flush=True)
-        dirs.append(Path(records["weights"]["uri"]))
+        records = pipeline(load_config(CONFIG, overrides), until="weights")
+        print(f"{fmt}: weights {records['weights'].uri} ({time.perf_counter() - start:.0f} s)", flush=True)
+        dirs.append(Path(records["weights"].uri))
     table = suite_table(dirs, args.margins)
     print(table)
     if args.out is not None:

@@ -1,4 +1,4 @@
-"""Scaling: the score stage (`run_score`, as the pipeline runs it) at four dataset sizes.
+"""Scaling: the score stage (`run_stage(SCORE, ...)`, as the pipeline runs it) at four dataset sizes.
 
 Time should grow linearly with the tokens scored, and peak memory should stay flat: the stage
 streams the prepared shards one at a time and writes a score shard per prepared shard. Each size
@@ -62,23 +62,26 @@ def run_size(n: int, args: dict) -> Measured:
 
     from tokenweight.models import resolve_base_model
     from tokenweight.store import Store
-    from tokenweight.tasks.discriminator import run_discriminator
-    from tokenweight.tasks.prepare import run_prepare
-    from tokenweight.tasks.score import run_score, score_key
-    from tokenweight.tasks.shuffle import run_shuffle
+    from tokenweight.stage_protocol import run_stage
+    from tokenweight.tasks.discriminator import DISCRIMINATOR
+    from tokenweight.tasks.prepare import PREPARE
+    from tokenweight.tasks.score import SCORE
+    from tokenweight.tasks.shuffle import SHUFFLE
 
     set_threads(args["threads"])
     cfg = config_for(args, n)
     store = Store(cfg.store)
     base = resolve_base_model(cfg.model, store)
-    prepared = run_prepare(cfg, base)
-    disc = run_discriminator(cfg, run_shuffle(cfg, prepared, base), base)
-    shutil.rmtree(store.local_dir("score", score_key(cfg, prepared, disc, base)), ignore_errors=True)  # time it anew
+    prepared = run_stage(PREPARE, cfg, store, base=base)
+    shuffled = run_stage(SHUFFLE, cfg, store, prepared=prepared, base=base)
+    disc = run_stage(DISCRIMINATOR, cfg, store, shuffled=shuffled, base=base)
+    params = {"prepared": prepared, "disc": disc, "base": base}
+    shutil.rmtree(store.local_dir("score", SCORE.key(cfg, **params)), ignore_errors=True)  # time it anew
     with PeakMemory() as mem:
         start = time.perf_counter()
-        scored = run_score(cfg, prepared, disc, base)
+        scored = run_stage(SCORE, cfg, store, **params)
         seconds = time.perf_counter() - start
-    manifest = store.manifest("score", scored["key"])
+    manifest = store.manifest("score", scored.key)
     return Measured([seconds], mem.peak, {"tokens": manifest["counts"]["tokens"], "shards": len(manifest["files"])})
 
 

@@ -20,9 +20,9 @@ import argparse
 import numpy as np
 import torch
 
-from tokenweight.kernels.batching import pad_batch
-from tokenweight.kernels.score_tokens import score_rows
-from tokenweight.kernels.token_loss import reference_token_losses
+from tokenweight.components.batching import pad_batch
+from tokenweight.components.score_tokens import score_rows
+from tokenweight.components.token_loss import reference_token_losses
 
 from . import inputs
 from .harness import Measured, isolated, matmul_flops, mib, print_table, record, repeat, set_threads

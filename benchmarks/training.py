@@ -44,7 +44,7 @@ def _fc(args: dict, method: str, max_steps: int | None = None) -> FinetuneConfig
 
 
 def _ours(args: dict, rows: list[dict], method: str, max_steps: int | None, work: Path) -> float:
-    from tokenweight.tasks.finetune import train_model
+    from tokenweight.components.trainer_setup import train_model
 
     _, _, info = train_model(_fc(args, method, max_steps), rows, args["model_path"], work)
     return info["train_seconds"]
@@ -54,7 +54,7 @@ def _trl(args: dict, rows, masks, tuned: bool, max_steps: int | None, work: Path
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from tokenweight.kernels.finetune_loop import freeze_below
+    from tokenweight.components.finetune_loop import freeze_below
     from tokenweight.models import load_model, load_tokenizer
 
     fc = _fc(args, "sft", max_steps)

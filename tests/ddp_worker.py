@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -29,22 +28,9 @@ from pathlib import Path
 
 import torch
 
+from helpers import ddp_rows  # tests/ is on sys.path: pytest's, or under torchrun this script's directory
+
 VARIANTS = ("sft", "rft", "weighted", "external")
-
-
-def ddp_rows(n: int = 8, seed: int = 0) -> list[dict]:
-    """Rows of varied lengths with a target span, token classes 0/1 and weights."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        length = rng.randint(10, 24)
-        ids = [rng.randrange(100, 5000) for _ in range(length)]
-        start = rng.randint(3, length - 4)
-        mask = [0] * start + [1] * (length - start)
-        classes = [rng.randint(0, 1) if m else 0 for m in mask]
-        weight = [round(rng.uniform(0.1, 2.0), 3) if m else 0.0 for m in mask]
-        rows.append({"input_ids": ids, "loss_mask": mask, "token_class": classes, "weight": weight})
-    return rows
 
 
 def free_port() -> int:
@@ -75,9 +61,9 @@ def train_variant(variant: str, model_dir: str, tokenizer_dir: str, out: Path, b
 
     from tokenweight.config import FinetuneConfig
     from tokenweight.external_trainers import WeightedTokenCollator, WeightedTokenTrainer
-    from tokenweight.kernels.weighted_trainer import TokenRows, WeightedLossTrainer, collate
+    from tokenweight.components.weighted_trainer import TokenRows, WeightedLossTrainer, collate
     from tokenweight.models import load_model, load_tokenizer
-    from tokenweight.tasks.finetune import training_arguments
+    from tokenweight.components.trainer_setup import training_arguments
 
     tokenizer = load_tokenizer(tokenizer_dir)
     model = load_model(model_dir)

@@ -1,6 +1,6 @@
 """Fingerprints of the code each stage runs, and the record of them beside its version.
 
-A stage's key holds its VERSION, so a change to what a stage computes must bump it, or a store
+A stage's key holds its version (the `version` of its `Stage` declaration), so a change to what a stage computes must bump it, or a store
 made by older code keeps serving outputs today's code would not produce. This module makes a
 forgotten bump impossible to miss: it fingerprints every tokenweight module a stage's task module
 imports, directly or through other tokenweight modules (the AST without docstrings, so comments,
@@ -8,7 +8,7 @@ docstrings and formatting do not count), and tests/test_stage_versions.py compar
 fingerprint and version with `stage_code.json`. When the code of a stage changed, the test fails
 until one of two things is done, each visible in review:
 
-- its output changed: bump VERSION in the stage's module, then re-record;
+- its output changed: bump the version in the stage's declaration, then re-record;
 - its output did not change (a refactor): re-record only, keeping the version, so that stores
   made before the change stay valid.
 
@@ -27,13 +27,15 @@ import json
 import sys
 from pathlib import Path
 
+from tokenweight.config import STAGES as PIPELINE_STAGES
+
 PACKAGE = Path(__file__).resolve().parents[1] / "tokenweight"
 RECORD = Path(__file__).with_name("stage_code.json")
-# stage -> (module that declares its version, name of the version constant)
+# stage -> (module that declares its version, the name of its Stage declaration or version constant)
 STAGES = {
     "base_model": ("tokenweight.models", "CONVERT_VERSION"),
-    **{stage: (f"tokenweight.tasks.{stage}", "VERSION")
-       for stage in ("prepare", "shuffle", "discriminator", "score", "weights", "finetune", "eval", "compare")},
+    # every pipeline stage, and compare on top: `tokenweight/tasks/{stage}.py` declares `{STAGE} = Stage(...)`
+    **{stage: (f"tokenweight.tasks.{stage}", stage.upper()) for stage in (*PIPELINE_STAGES, "compare")},
 }
 
 
@@ -86,16 +88,20 @@ def closure(module: str, root: Path = PACKAGE) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def version_of(module: str, constant: str) -> str:
-    """The value of `constant` in the module's source (without importing it)."""
+def version_of(module: str, name: str) -> str:
+    """The version `name` declares in the module's source (without importing it): a constant
+    `NAME = "3"`, or the `version=` of a declaration `NAME = Stage(..., version="3", ...)`."""
     for node in ast.walk(ast.parse(module_path(module).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Assign):
             names = [t for target in node.targets for t in (target.elts if isinstance(target, ast.Tuple) else [target])]
             values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
             for target, value in zip(names, values):
-                if isinstance(target, ast.Name) and target.id == constant:
-                    return ast.literal_eval(value)
-    raise LookupError(f"{module} declares no {constant}")
+                if not (isinstance(target, ast.Name) and target.id == name):
+                    continue
+                if isinstance(value, ast.Call):
+                    return next(ast.literal_eval(k.value) for k in value.keywords if k.arg == "version")
+                return ast.literal_eval(value)
+    raise LookupError(f"{module} declares no {name}")
 
 
 def current() -> dict[str, dict]:

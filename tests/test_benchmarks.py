@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 from benchmarks import inputs
 from benchmarks.harness import Measured, PeakMemory, isolated, print_table
 from benchmarks.scoring import must_do_flops, naive_scores
-from tokenweight.kernels.score_tokens import score_rows
+from tokenweight.components.score_tokens import score_rows
 
 
 def test_peak_memory_sees_an_allocation_made_and_freed_inside_the_block():

@@ -1,8 +1,8 @@
-"""kernels/chat_encode.py with the real SmolLM2 tokenizer: masks, offsets, role truth, truncation."""
+"""components/chat_encode.py with the real SmolLM2 tokenizer: masks, offsets, role truth, truncation."""
 
 import pytest
 
-from tokenweight.kernels.chat_encode import assistant_spans, encode_conversation
+from tokenweight.components.chat_encode import assistant_spans, encode_conversation
 
 END = "<|im_end|>"
 

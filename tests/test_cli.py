@@ -161,7 +161,7 @@ def _assert_no_secret(output: str, store) -> None:
 
 
 def test_until_and_data_options(tmp_path, tiny_model_dir, prefect_harness, prefect_capfd):
-    from conftest import chat_rows, write_jsonl
+    from helpers import chat_rows, write_jsonl
 
     data = write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
     # (8 train rows of two turn structures are too few to derange within each of two folds)

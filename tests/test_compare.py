@@ -6,8 +6,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import pipeline_config
-from tokenweight.tasks.eval import PREDICTIONS
+from helpers import pipeline_config
+from tokenweight.schemas import PREDICTIONS
 
 BFCL = {"kind": "bfcl", "categories": ["simple_python", "parallel"], "limit_per_category": 10}
 
@@ -28,12 +28,12 @@ def test_every_arm_and_the_base_model_are_evaluated_on_the_same_samples(compare_
     assert set(result["eval"]) == {"base", "sft", "rft"}
     ids = {}
     for name, record in result["eval"].items():
-        table = pl.read_parquet(f"{record['uri']}/predictions.parquet")
+        table = pl.read_parquet(f"{record.uri}/predictions.parquet")
         assert table.columns == PREDICTIONS.names
         ids[name] = table["id"].to_list()
         assert table["task"].str.starts_with("bfcl:").all()
         assert table["correct"].null_count() == 0  # every BFCL sample is checked
-        metrics = json.loads(Path(record["uri"], "metrics.json").read_text())
+        metrics = json.loads(Path(record.uri, "metrics.json").read_text())
         assert metrics["model"]["name"] == name and metrics["checked"] == len(table)
         assert metrics["heldout_loss"]["boilerplate"] > 0 and metrics["heldout_loss"]["reasoning"] > 0
     assert ids["sft"] == ids["rft"] == ids["base"] and len(ids["sft"]) > 0
@@ -42,20 +42,20 @@ def test_every_arm_and_the_base_model_are_evaluated_on_the_same_samples(compare_
 def test_arms_share_every_stage_before_the_fine_tune_and_differ_after(compare_run):
     cfg, store, result = compare_run
     sft, rft = result["finetune"]["sft"], result["finetune"]["rft"]
-    assert sft["key"] != rft["key"]
-    sft_manifest = json.loads(Path(sft["uri"], "_manifest.json").read_text())
-    rft_manifest = json.loads(Path(rft["uri"], "_manifest.json").read_text())
+    assert sft.key != rft.key
+    sft_manifest = json.loads(Path(sft.uri, "_manifest.json").read_text())
+    rft_manifest = json.loads(Path(rft.uri, "_manifest.json").read_text())
     # sft trains on the prepared data alone; rft on the weights stage's classes.
-    assert sft_manifest["inputs"] == {"prepare": result["shared"]["prepare"]["key"],
+    assert sft_manifest["inputs"] == {"prepare": result["shared"]["prepare"].key,
                                       "base_model": sft_manifest["inputs"]["base_model"]}
-    assert rft_manifest["inputs"]["weights"] == result["shared"]["weights"]["key"]
+    assert rft_manifest["inputs"]["weights"] == result["shared"]["weights"].key
     assert sft_manifest["config"]["method"] == "sft" and rft_manifest["config"]["method"] == "rft"
-    assert (Path(rft["uri"]) / "model" / "model.safetensors").is_file()
+    assert (Path(rft.uri) / "model" / "model.safetensors").is_file()
 
 
 def test_the_table_has_each_metric_with_an_interval_against_sft(compare_run):
     cfg, store, result = compare_run
-    table_dir = Path(result["compare"]["uri"])
+    table_dir = Path(result["compare"].uri)
     data = json.loads((table_dir / "table.json").read_text())
     rows = {r["arm"]: r for r in data["rows"]}
     assert set(rows) == {"base", "sft", "rft"} and data["baseline"] == "sft"
@@ -99,8 +99,8 @@ def test_a_second_compare_is_all_cached(compare_run):
     cfg, store, first = compare_run
     again = compare(cfg)
     stages = [*again["shared"].values(), *again["finetune"].values(), *again["eval"].values(), again["compare"]]
-    assert all(r["cached"] for r in stages)
-    assert again["compare"]["key"] == first["compare"]["key"]
+    assert all(r.cached for r in stages)
+    assert again["compare"].key == first["compare"].key
 
 
 def test_a_new_arm_reuses_the_other_arms(compare_run, tiny_model_dir):
@@ -112,6 +112,6 @@ def test_a_new_arm_reuses_the_other_arms(compare_run, tiny_model_dir):
     cfg2 = pipeline_config(tiny_model_dir, store, source=BFCL, prepare={"eval_share": 0.3},
                            compare={"bootstrap": 200, "arms": arms})
     again = compare(cfg2)
-    assert again["finetune"]["sft"]["cached"] and again["finetune"]["rft"]["cached"]
-    assert not again["finetune"]["rft-tau1"]["cached"]
-    assert again["compare"]["key"] != first["compare"]["key"]
+    assert again["finetune"]["sft"].cached and again["finetune"]["rft"].cached
+    assert not again["finetune"]["rft-tau1"].cached
+    assert again["compare"].key != first["compare"].key

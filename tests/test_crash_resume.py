@@ -22,7 +22,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from conftest import pipeline_config
+from helpers import pipeline_config
 
 # In run order: each run is killed at its point and the next one resumes from what is left.
 FAULTS = [

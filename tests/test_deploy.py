@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import pipeline_config
+from helpers import pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES_UNTIL_WEIGHTS = ("prepare", "shuffle", "discriminator", "score", "weights")

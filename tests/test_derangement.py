@@ -1,11 +1,11 @@
-"""kernels/derangement.py: derangements, the grouped pairing and the assistant-turn swap."""
+"""components/derangement.py: derangements, the grouped pairing and the assistant-turn swap."""
 
 import random
 from collections import Counter
 
 import pytest
 
-from tokenweight.kernels.derangement import derangement, shuffled_pairing, swap_assistant_turns
+from tokenweight.components.derangement import derangement, shuffled_pairing, swap_assistant_turns
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 7, 10, 17, 50])
@@ -91,8 +91,8 @@ def test_swap_assistant_turns_keeps_other_turns_and_replaces_assistant_turns_in_
 def test_foreign_hosts_stay_inside_their_split(smol_tokenizer):
     """The score stage's foreign context: a train answer is never scored inside an eval sample's
     input (an eval-only source, another format) or the other way round."""
-    from tokenweight.kernels.chat_encode import encode_conversation
-    from tokenweight.kernels.foreign_context import foreign_rows
+    from tokenweight.components.chat_encode import encode_conversation
+    from tokenweight.components.foreign_context import foreign_rows
 
     splits = ["train", "eval"] * 6
     messages = [[{"role": "user", "content": f"question {split} #{i}#"},

@@ -5,7 +5,7 @@ import torch
 
 from tokenweight.config import DeviceConfig
 from tokenweight.device_policy import DeviceError, Placement, placement
-from tokenweight.kernels.finetune_loop import TrainSettings, batch_order, train_on_targets
+from tokenweight.components.finetune_loop import TrainSettings, batch_order, train_on_targets
 
 
 def test_auto_is_the_cpu_in_float32_here_and_a_missing_gpu_is_an_error():
@@ -27,7 +27,7 @@ def _rows(n=6):
 def test_bfloat16_reaches_the_discriminators_forward_and_loss(smol_tokenizer, train_layers):
     """Under the bf16 policy the discriminator's loop runs its forward and loss in bf16 (the losses
     differ from fp32's, by rounding only) and keeps fp32 weights."""
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     rows, masks = _rows()
     settings = TrainSettings(epochs=1.0, learning_rate=1e-3, warmup_share=0.0, weight_decay=0.0, batch_tokens=64,

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from tokenweight.kernels.generate import hf_generate, pick_backend
-from tokenweight.kernels.token_loss import reference_token_losses
-from tokenweight.kernels.batching import pad_batch
+from tokenweight.components.generate import hf_generate, pick_backend
+from tokenweight.components.token_loss import reference_token_losses
+from tokenweight.components.batching import pad_batch
 from tokenweight.sources.bfcl import answer_text, read_bfcl
-from tokenweight.tasks.eval import check_answer, heldout_losses, prompt_text
+from tokenweight.components.generate import prompt_text
+from tokenweight.components.heldout_loss import heldout_losses
+from tokenweight.evals.answer_check import check_answer
 
 
 def test_the_prompt_is_the_conversation_up_to_the_last_assistant_turn(smol_tokenizer):

@@ -19,7 +19,7 @@ from tokenweight.external_trainers import (
     load_weight_shards,
     weighted_token_loss,
 )
-from tokenweight.kernels.token_loss import reference_token_losses
+from tokenweight.components.token_loss import reference_token_losses
 from tokenweight.models import load_model
 from weight_shards_fixture import weight_shards_fixture  # noqa: F401  (the weight_shards fixture)
 

@@ -1,4 +1,4 @@
-"""kernels/finetune_loop.py: what trains, that it learns, that it is deterministic, and that the
+"""components/finetune_loop.py: what trains, that it learns, that it is deterministic, and that the
 split (frozen-bottom) path computes the same thing as the plain path."""
 
 import copy
@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from tokenweight.kernels import finetune_loop
-from tokenweight.kernels.finetune_loop import TrainSettings, freeze_below, train_on_targets
+from tokenweight.components import finetune_loop
+from tokenweight.components.finetune_loop import TrainSettings, freeze_below, train_on_targets
 
 
 def dataset(n=6, seed=0):
@@ -76,7 +76,7 @@ def test_loss_goes_down_on_a_repeated_dataset(tiny_model, smol_tokenizer, train_
 
 
 def test_same_seed_gives_identical_losses_and_parameters(smol_tokenizer):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     rows, masks = dataset()
     results = []
@@ -109,7 +109,7 @@ def test_split_path_equals_plain_path_with_the_same_trainable_parameters(tiny_mo
 
 
 def test_bottom_cache_and_recomputed_bottom_agree(smol_tokenizer, monkeypatch):
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     rows, masks = dataset()
     cached_model = make_tiny_model(smol_tokenizer)

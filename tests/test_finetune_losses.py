@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tokenweight.kernels.finetune_losses import (
+from tokenweight.components.finetune_losses import (
     class_means,
     loss_sum,
     normaliser,

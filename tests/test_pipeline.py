@@ -14,24 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import chat_rows, pipeline_config, write_jsonl
+from helpers import DESIGN_COLUMNS, chat_rows, pipeline_config, write_jsonl
 from tokenweight.config import STAGES
-from tokenweight.kernels.token_weights import group_max, value_groups
+from tokenweight.components.token_weights import group_max, value_groups
 
-# The weighted dataset's columns, exactly as DESIGN.md lists them.
-DESIGN_COLUMNS = [
-    ("id", pa.string()),
-    ("split", pa.string()),
-    ("text", pa.string()),
-    ("input_ids", pa.list_(pa.int32())),
-    ("offsets", pa.list_(pa.list_(pa.int32()))),
-    ("loss_mask", pa.list_(pa.int8())),
-    ("loss_base", pa.list_(pa.float32())),
-    ("loss_disc", pa.list_(pa.float32())),
-    ("loss_ref", pa.list_(pa.float32())),
-    ("token_class", pa.list_(pa.int8())),
-    ("weight", pa.list_(pa.float32())),
-]
 LIST_COLUMNS = [name for name, _ in DESIGN_COLUMNS[3:]]
 
 
@@ -74,7 +60,7 @@ def jsonl_run(prefect_harness, tiny_model_dir, tmp_path_factory):
 
 
 def check_weighted_dataset(records, method, reference):
-    uri = records["weights"]["uri"]
+    uri = records["weights"].uri
     paths = shards(uri)
     assert paths, f"no weight shards in {uri}"
     table = pa.concat_tables([pq.read_table(p) for p in paths])
@@ -84,11 +70,11 @@ def check_weighted_dataset(records, method, reference):
     meta = {k.decode(): v.decode() for k, v in pq.read_schema(paths[0]).metadata.items()}
     assert meta["tokenweight.method"] == method
     assert meta["tokenweight.reference"] == reference
-    assert meta["tokenweight.discriminator_key"] == records["discriminator"]["key"]
+    assert meta["tokenweight.discriminator_key"] == records["discriminator"].key
     assert json.loads(meta["tokenweight.params"])["method"] == method
     assert {"tokenweight.version", "tokenweight.base_model", "tokenweight.base_model_key",
             "tokenweight.tokenizer_sha256"} <= set(meta)
-    assert meta["tokenweight.weights_key"] == records["weights"]["key"]
+    assert meta["tokenweight.weights_key"] == records["weights"].key
     assert not any("/" in v for k, v in meta.items() if k != "tokenweight.params"), meta  # no path of this machine
     rows = table.to_pylist()
     assert len({r["id"] for r in rows}) == len(rows)
@@ -122,28 +108,28 @@ def test_every_stage_ran_and_wrote_its_output(synthetic_run):
     cfg, store, records, _ = synthetic_run
     assert list(records) == list(STAGES)
     for stage, rec in records.items():
-        assert rec["stage"] == stage and rec["cached"] is False
-        assert rec["uri"] == f"{store}/{stage}/{rec['key']}"
-        assert os.path.isfile(f"{rec['uri']}/_manifest.json")
-        assert not glob.glob(f"{rec['uri']}/.tmp-*")
-    disc = json.load(open(f"{records['discriminator']['uri']}/_manifest.json"))
+        assert rec.stage == stage and rec.cached is False
+        assert rec.uri == f"{store}/{stage}/{rec.key}"
+        assert os.path.isfile(f"{rec.uri}/_manifest.json")
+        assert not glob.glob(f"{rec.uri}/.tmp-*")
+    disc = json.load(open(f"{records['discriminator'].uri}/_manifest.json"))
     assert set(disc["trained"]) == {"disc-0", "control-0", "disc-1", "control-1"}  # two folds
     for name in disc["trained"]:
-        assert os.path.isfile(f"{records['discriminator']['uri']}/{name}/model.safetensors")
-        assert not glob.glob(f"{records['discriminator']['uri']}/{name}/*.bin")
+        assert os.path.isfile(f"{records['discriminator'].uri}/{name}/model.safetensors")
+        assert not glob.glob(f"{records['discriminator'].uri}/{name}/*.bin")
 
 
 def test_synthetic_weighted_dataset_contract(synthetic_run):
     _, _, records, _ = synthetic_run
     table = check_weighted_dataset(records, "rft", "control")
-    prep = json.load(open(f"{records['prepare']['uri']}/_manifest.json"))["counts"]
+    prep = json.load(open(f"{records['prepare'].uri}/_manifest.json"))["counts"]
     assert table.num_rows == prep["accepted"] == 24
 
 
 def test_rft_weights_follow_the_formula(synthetic_run):
     cfg, _, records, _ = synthetic_run
     tau = cfg.weights.tau
-    for path in shards(records["weights"]["uri"]):
+    for path in shards(records["weights"].uri):
         for r in pq.read_table(path).to_pylist():
             loss = np.asarray(r["loss_base"], dtype=np.float64)
             cls = np.asarray(r["token_class"])
@@ -163,8 +149,8 @@ def test_the_same_data_written_to_two_stores_is_the_same_bytes(synthetic_run, tm
     its hash, the model by its name and key), so a copy made elsewhere is byte for byte the same."""
     cfg, store, records, _ = synthetic_run
     other = run(cfg.model_copy(update={"store": str(tmp_path / "elsewhere")}))
-    assert other["weights"]["key"] == records["weights"]["key"]
-    first, second = shards(records["weights"]["uri"]), shards(other["weights"]["uri"])
+    assert other["weights"].key == records["weights"].key
+    first, second = shards(records["weights"].uri), shards(other["weights"].uri)
     assert [Path(p).name for p in first] == [Path(p).name for p in second] and first
     for a, b in zip(first, second):
         assert Path(a).read_bytes() == Path(b).read_bytes(), a
@@ -173,12 +159,12 @@ def test_the_same_data_written_to_two_stores_is_the_same_bytes(synthetic_run, tm
 def test_the_control_trains_on_the_same_batches_as_the_discriminator(synthetic_run):
     """One batch order for both models of a fold, from the longer rendering of each sample (the
     shuffled and the true answer differ in length, so batching each set by its own lengths would differ)."""
-    from tokenweight.kernels.finetune_loop import TrainSettings, batch_order, order_digest
+    from tokenweight.components.finetune_loop import TrainSettings, batch_order, order_digest
 
     cfg, _, records, _ = synthetic_run
-    directory = Path(records["discriminator"]["uri"])
+    directory = Path(records["discriminator"].uri)
     trained = json.loads((directory / "_manifest.json").read_text())["trained"]
-    shuffle_dir = Path(records["shuffle"]["uri"])
+    shuffle_dir = Path(records["shuffle"].uri)
     tables = [pq.read_table(shuffle_dir / f).to_pydict() for f in ("shuffled.parquet", "matched.parquet")]
     dc = cfg.discriminator
     settings = TrainSettings(dc.epochs, dc.learning_rate, dc.warmup_share, dc.weight_decay, dc.batch_tokens,
@@ -195,15 +181,15 @@ def test_the_control_trains_on_the_same_batches_as_the_discriminator(synthetic_r
 def test_no_sample_is_scored_by_a_model_that_trained_on_it(synthetic_run):
     """Cross-fitting: each fold's pair trained on samples of its own part only, and every row was
     scored by another fold's pair; both parts were sampled."""
-    from tokenweight.kernels.cross_fit import part_of, scoring_fold
+    from tokenweight.components.cross_fit import part_of, scoring_fold
 
     cfg, _, records, _ = synthetic_run
-    shuffled = pq.read_table(Path(records["shuffle"]["uri"]) / "shuffled.parquet").to_pydict()
+    shuffled = pq.read_table(Path(records["shuffle"].uri) / "shuffled.parquet").to_pydict()
     trained_on = dict(zip(shuffled["id"], shuffled["fold"]))
     assert set(trained_on.values()) == {0, 1}
     for sample_id, donor, fold in zip(shuffled["id"], shuffled["output_from"], shuffled["fold"]):
         assert part_of(sample_id, cfg.shuffle.seed, 2) == part_of(donor, cfg.shuffle.seed, 2) == fold
-    score = pa.concat_tables([pq.read_table(p) for p in shards(records["score"]["uri"])]).to_pydict()
+    score = pa.concat_tables([pq.read_table(p) for p in shards(records["score"].uri)]).to_pydict()
     for sample_id, scored_by in zip(score["id"], score["scored_by"]):
         assert scored_by == scoring_fold(sample_id, cfg.shuffle.seed, 2)
         assert trained_on.get(sample_id, -1) != scored_by, sample_id
@@ -212,14 +198,14 @@ def test_no_sample_is_scored_by_a_model_that_trained_on_it(synthetic_run):
 
 def test_losses_match_the_saved_models(synthetic_run, smol_tokenizer):
     """loss_base / loss_disc / loss_ref equal a plain forward of the models the stages saved."""
-    from tokenweight.kernels.batching import pad_batch
-    from tokenweight.kernels.token_loss import reference_token_losses
+    from tokenweight.components.batching import pad_batch
+    from tokenweight.components.token_loss import reference_token_losses
     from tokenweight.models import load_model
 
     cfg, _, records, _ = synthetic_run
-    disc_dir = records["discriminator"]["uri"]
-    scored_by = pq.read_table(shards(records["score"]["uri"])[0]).column("scored_by").to_pylist()
-    rows = pq.read_table(shards(records["weights"]["uri"])[0]).to_pylist()
+    disc_dir = records["discriminator"].uri
+    scored_by = pq.read_table(shards(records["score"].uri)[0]).column("scored_by").to_pylist()
+    rows = pq.read_table(shards(records["weights"].uri)[0]).to_pylist()
     picked = [next(i for i, f in enumerate(scored_by) if f == fold) for fold in (0, 1)]  # one row per fold
     for i in picked:
         r, fold = rows[i], scored_by[i]
@@ -236,7 +222,7 @@ def test_losses_match_the_saved_models(synthetic_run, smol_tokenizer):
 
 def test_shards_read_with_polars_and_datasets(synthetic_run, tmp_path):
     _, _, records, _ = synthetic_run
-    uri = records["weights"]["uri"]
+    uri = records["weights"].uri
     df = pl.read_parquet(f"{uri}/part-*.parquet")
     assert df.columns == [name for name, _ in DESIGN_COLUMNS]
     assert df.height == 24
@@ -251,7 +237,7 @@ def test_shards_read_with_polars_and_datasets(synthetic_run, tmp_path):
 
 def test_summary_is_consistent_with_the_shards(synthetic_run):
     cfg, _, records, _ = synthetic_run
-    uri = records["weights"]["uri"]
+    uri = records["weights"].uri
     summary = json.load(open(f"{uri}/summary.json"))
     assert {"method", "reference", "margin", "samples", "target_tokens", "boilerplate_share",
             "mean_ld", "top_tokens", "roles"} <= set(summary)
@@ -277,7 +263,7 @@ def test_summary_is_consistent_with_the_shards(synthetic_run):
 
 def test_report_html_is_written_beside_the_shards(synthetic_run):
     _, _, records, _ = synthetic_run
-    uri = records["weights"]["uri"]
+    uri = records["weights"].uri
     manifest = json.loads(Path(uri, "_manifest.json").read_text())
     assert "report.html" in manifest["files"]
     page = Path(uri, "report.html").read_text(encoding="utf-8")
@@ -288,8 +274,8 @@ def test_report_html_is_written_beside_the_shards(synthetic_run):
 def test_second_run_is_fully_cached_and_changes_nothing(synthetic_run):
     cfg, store, first, digest = synthetic_run
     again = run(cfg)
-    assert {s: r["cached"] for s, r in again.items()} == {s: True for s in STAGES}
-    assert {s: r["key"] for s, r in again.items()} == {s: r["key"] for s, r in first.items()}
+    assert {s: r.cached for s, r in again.items()} == {s: True for s in STAGES}
+    assert {s: r.key for s, r in again.items()} == {s: r.key for s, r in first.items()}
     assert tree_digest(store) == digest
 
 
@@ -305,7 +291,7 @@ def test_truncated_or_corrupt_prefect_records_are_cache_misses(synthetic_run):
         body = path.read_bytes()
         path.write_bytes(body[: len(body) // 2] if i % 2 else b"\x00garbage")
     again = pipeline(cfg)
-    assert {s: r["cached"] for s, r in again.items()} == {s: True for s in STAGES}
+    assert {s: r.cached for s, r in again.items()} == {s: True for s in STAGES}
     assert tree_digest(store) == digest
 
 
@@ -332,7 +318,7 @@ def test_prefect_records_in_a_real_store_are_plain_json_and_a_planted_pickle_nev
     cfg, store, first, digest = synthetic_run
     pipeline(cfg)
     records = sorted(p for p in (Path(store) / "_prefect").rglob("*") if p.is_file())
-    assert {p.name for p in records} == {r["key"] for r in first.values()}
+    assert {p.name for p in records} == {r.key for r in first.values()}
     for path in records:
         body = path.read_bytes()
         assert not body.startswith(b"\x80"), f"{path} is a pickle"
@@ -342,13 +328,13 @@ def test_prefect_records_in_a_real_store_are_plain_json_and_a_planted_pickle_nev
         assert json.loads(envelope["result"])["key"] == path.name
 
     marker = tmp_path / "unpickled"
-    key = first["prepare"]["key"]
+    key = first["prepare"].key
     planted = ResultRecord(metadata=ResultRecordMetadata(serializer=PickleSerializer(), storage_key=key),
                            result=_PlantedPayload(marker))
     (Path(store) / "_prefect" / key).write_bytes(planted.serialize())
     again = pipeline(cfg)
     assert not marker.exists(), "a pickled Prefect record was unpickled"
-    assert {s: r["cached"] for s, r in again.items()} == {s: True for s in STAGES}
+    assert {s: r.cached for s, r in again.items()} == {s: True for s in STAGES}
     assert tree_digest(store) == digest
     assert json.loads((Path(store) / "_prefect" / key).read_bytes())["metadata"]["serializer"]["type"] == "json"
 
@@ -357,14 +343,14 @@ def test_changed_learning_rate_reruns_from_the_discriminator(synthetic_run, tiny
     cfg, store, first, _ = synthetic_run
     changed = pipeline_config(tiny_model_dir, store, discriminator={"learning_rate": 3e-3})
     records = run(changed)
-    assert {s: r["cached"] for s, r in records.items()} == {
+    assert {s: r.cached for s, r in records.items()} == {
         "prepare": True, "shuffle": True, "discriminator": False, "score": False, "weights": False,
         "finetune": False, "eval": False}
     for stage in ("prepare", "shuffle"):
-        assert records[stage]["key"] == first[stage]["key"]
+        assert records[stage].key == first[stage].key
     for stage in ("discriminator", "score", "weights", "finetune", "eval"):
-        assert records[stage]["key"] != first[stage]["key"]
-        assert os.path.isfile(f"{first[stage]['uri']}/_manifest.json")  # the old output stays
+        assert records[stage].key != first[stage].key
+        assert os.path.isfile(f"{first[stage].uri}/_manifest.json")  # the old output stays
     check_weighted_dataset(records, "rft", "control")
 
 
@@ -373,26 +359,26 @@ def test_output_deleted_by_hand_is_recomputed(synthetic_run):
     import shutil
 
     cfg, store, first, digest = synthetic_run
-    shutil.rmtree(first["weights"]["uri"])
+    shutil.rmtree(first["weights"].uri)
     records = run(cfg)
-    assert records["weights"]["cached"] is False and records["score"]["cached"] is True
-    assert records["weights"]["key"] == first["weights"]["key"]
-    assert records["finetune"]["cached"] is True  # same key: its output is still there
+    assert records["weights"].cached is False and records["score"].cached is True
+    assert records["weights"].key == first["weights"].key
+    assert records["finetune"].cached is True  # same key: its output is still there
     check_weighted_dataset(records, "rft", "control")
 
 
 def test_jsonl_run_uniform_weights_with_base_reference(jsonl_run):
     cfg, records = jsonl_run
-    assert all(not r["cached"] for r in records.values())
+    assert all(not r.cached for r in records.values())
     table = check_weighted_dataset(records, "uniform", "base")
-    prep = json.load(open(f"{records['prepare']['uri']}/_manifest.json"))["counts"]
+    prep = json.load(open(f"{records['prepare'].uri}/_manifest.json"))["counts"]
     assert table.num_rows == prep["accepted"] == 18 and prep["rejected"] == 0
     for r in table.to_pylist():
         mask = np.asarray(r["loss_mask"])
         assert np.allclose(np.asarray(r["weight"])[mask == 1], 1 / mask.sum())
-    disc = json.load(open(f"{records['discriminator']['uri']}/_manifest.json"))
+    disc = json.load(open(f"{records['discriminator'].uri}/_manifest.json"))
     assert set(disc["trained"]) == {"disc-0", "disc-1"}
-    score = pq.read_table(glob.glob(f"{records['score']['uri']}/part-*.parquet")[0])
+    score = pq.read_table(glob.glob(f"{records['score'].uri}/part-*.parquet")[0])
     assert score.column("loss_control").null_count == score.num_rows
 
 
@@ -400,7 +386,7 @@ def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
     from tokenweight.cli import main
 
     cfg, _, records, _ = synthetic_run
-    weights_dir = records["weights"]["uri"]
+    weights_dir = records["weights"].uri
     assert main(["roles", weights_dir, "--margins", str(cfg.weights.margin), "5.0"]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
     table = {(r[0].strip(), r[2].strip(), r[3].strip()): [float(x) for x in r[4:]] for r in rows}
@@ -415,7 +401,7 @@ def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
     # The calibrated margin is shown with the value it took.
     assert any(m.startswith("auto (") for _, _, m in table)
     # A source without known roles is a clear error, not an empty table.
-    assert main(["roles", jsonl_run[1]["weights"]["uri"]]) == 2
+    assert main(["roles", jsonl_run[1]["weights"].uri]) == 2
     assert "no sample with known token roles" in capsys.readouterr().err
 
 
@@ -434,31 +420,31 @@ def test_each_stage_published_a_prefect_artifact_with_its_counts(synthetic_run):
     for stage in STAGES:
         # (the two-stores test publishes the same keys from another store: pick this store's artifact)
         text = next(a.data for a in _artifacts(f"tokenweight-{stage}-output")
-                    if records[stage]["key"] in a.data and records[stage]["uri"] in a.data)
-        assert f"### {stage} `{records[stage]['key']}`" in text
-        manifest = json.loads(Path(records[stage]["uri"], "_manifest.json").read_text())
+                    if records[stage].key in a.data and records[stage].uri in a.data)
+        assert f"### {stage} `{records[stage].key}`" in text
+        manifest = json.loads(Path(records[stage].uri, "_manifest.json").read_text())
         for name, value in manifest.get("counts", {}).items():
             if not isinstance(value, dict):
                 assert f"| {name} | {value} |" in text, (stage, name)
-    text = next(a.data for a in _artifacts("tokenweight-weights-output") if records["weights"]["uri"] in a.data)
-    summary = json.loads(Path(records["weights"]["uri"], "summary.json").read_text())
+    text = next(a.data for a in _artifacts("tokenweight-weights-output") if records["weights"].uri in a.data)
+    summary = json.loads(Path(records["weights"].uri, "summary.json").read_text())
     assert f"boilerplate share **{summary['boilerplate_share']:.1%}**" in text and "most frequent reasoning" in text
-    assert f"token report: `{records['weights']['uri']}/report.html`" in text
+    assert f"token report: `{records['weights'].uri}/report.html`" in text
 
 
 def test_margin_auto_is_the_calibrated_margin_of_the_runs_own_ld(synthetic_run):
     from tokenweight.flows.pipeline import pipeline
-    from tokenweight.kernels.token_weights import calibrated_margin
+    from tokenweight.components.token_weights import calibrated_margin
 
     cfg, _, records, _ = synthetic_run
     auto = cfg.model_copy(update={"weights": cfg.weights.model_copy(update={"margin": "auto"})})
     got = pipeline(auto, until="weights")
-    assert got["score"]["key"] == records["score"]["key"]  # only the weights stage ran again
-    rows = pa.concat_tables([pq.read_table(p) for p in shards(got["weights"]["uri"])]).to_pylist()
+    assert got["score"].key == records["score"].key  # only the weights stage ran again
+    rows = pa.concat_tables([pq.read_table(p) for p in shards(got["weights"].uri)]).to_pylist()
     lds = [(np.asarray(r["loss_disc"]) - np.asarray(r["loss_ref"]))[np.asarray(r["loss_mask"]) == 1]
            for r in rows if r["split"] == "train"]
     expected = calibrated_margin(np.concatenate(lds))
-    summary = json.loads((Path(got["weights"]["uri"]) / "summary.json").read_text())
+    summary = json.loads((Path(got["weights"].uri) / "summary.json").read_text())
     assert summary["margin_setting"] == "auto" and summary["margin"] == pytest.approx(expected, abs=1e-4)
     assert expected > 0  # the tiny model's LD has a negative side to mirror
     for r in rows:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenweight.kernels.token_weights import rft_group_weights
+from tokenweight.components.token_weights import rft_group_weights
 from tokenweight.preflight import BOILERPLATE_LOSS_LIMIT, PreflightTally, verdict, verdict_lines
 
 
@@ -60,11 +60,11 @@ def test_a_sample_with_one_class_gives_that_class_all_its_weight():
 
 
 def test_a_real_run_reports_its_verdict_in_summary_and_report(tmp_path, prefect_harness, tiny_model_dir):
-    from conftest import pipeline_config
+    from helpers import pipeline_config
     from tokenweight.flows.pipeline import pipeline
 
     records = pipeline(pipeline_config(tiny_model_dir, tmp_path / "store"), until="weights")
-    directory = Path(records["weights"]["uri"])
+    directory = Path(records["weights"].uri)
     summary = json.loads((directory / "summary.json").read_text())
     preflight = summary["preflight"]
     assert {c["name"] for c in preflight["checks"]} == {"class_balance", "boilerplate_predictable", "both_classes"}

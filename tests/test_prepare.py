@@ -6,10 +6,13 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import pipeline_config, write_jsonl
+from helpers import pipeline_config, write_jsonl
 from tokenweight.models import resolve_base_model
 from tokenweight.store import Store
-from tokenweight.tasks.prepare import SCHEMA, PrepareError, prepare_key, run_prepare, split_of
+from tokenweight.schemas import PREPARED
+from tokenweight.sources.registry import PrepareError
+from tokenweight.stage_protocol import run_stage
+from tokenweight.tasks.prepare import PREPARE, split_of
 
 LONG = "word " * 400
 
@@ -50,9 +53,9 @@ def test_rejects_are_listed_with_file_line_id_and_reason(tiny_model_dir, tmp_pat
     path = write_jsonl(tmp_path / "data.jsonl", bad_rows())
     cfg = config(tiny_model_dir, tmp_path, path)
     base = resolve_base_model(cfg.model, Store(cfg.store))
-    record = run_prepare(cfg, base)
-    assert record["cached"] is False and record["key"] == prepare_key(cfg, base)
-    out = record["uri"]
+    record = run_stage(PREPARE, cfg, Store(cfg.store), base=base)
+    assert record.cached is False and record.key == PREPARE.key(cfg, base=base)
+    out = record.uri
     rejects = [json.loads(line) for line in open(os.path.join(out, "rejects.jsonl"))]
     assert [r["line"] for r in rejects] == sorted(EXPECTED)
     for r in rejects:
@@ -70,11 +73,11 @@ def test_rejects_are_listed_with_file_line_id_and_reason(tiny_model_dir, tmp_pat
     tables = [pq.read_table(os.path.join(out, f)) for f in sorted(os.listdir(out)) if f.startswith("part-")]
     ids = [i for t in tables for i in t.column("id").to_pylist()]
     assert ids == [f"g{i}" for i in range(12)]
-    assert all(t.schema.remove_metadata().equals(SCHEMA) for t in tables)
+    assert all(t.schema.remove_metadata().equals(PREPARED) for t in tables)
     assert counts["tokens"] == sum(len(x) for t in tables for x in t.column("input_ids").to_pylist())
     assert counts["target_tokens"] == sum(sum(x) for t in tables for x in t.column("loss_mask").to_pylist())
     # A second run finds the output.
-    assert run_prepare(cfg, base)["cached"] is True
+    assert run_stage(PREPARE, cfg, Store(cfg.store), base=base).cached is True
 
 
 def test_too_many_rejects_stops_with_the_first_reject_and_writes_nothing(tiny_model_dir, tmp_path):
@@ -82,12 +85,12 @@ def test_too_many_rejects_stops_with_the_first_reject_and_writes_nothing(tiny_mo
     cfg = config(tiny_model_dir, tmp_path, path, max_reject_share=0.2)  # 5/17 = 0.29 > 0.2
     base = resolve_base_model(cfg.model, Store(cfg.store))
     with pytest.raises(PrepareError) as err:
-        run_prepare(cfg, base)
+        run_stage(PREPARE, cfg, Store(cfg.store), base=base)
     msg = str(err.value)
     assert "5 of 17 rows rejected" in msg
     assert f"first: {path}:3: invalid JSON" in msg
     store = Store(cfg.store)
-    key = prepare_key(cfg, base)
+    key = PREPARE.key(cfg, base=base)
     assert store.manifest("prepare", key) is None
     assert not os.path.exists(store.stage_uri("prepare", key))
     assert not store.work_dir("prepare", key).exists()  # no staged files left behind
@@ -102,14 +105,14 @@ def test_right_truncation_keeps_the_sample_and_counts_it(tiny_model_dir, tmp_pat
     path = write_jsonl(tmp_path / "data.jsonl", rows)
     cfg = config(tiny_model_dir, tmp_path, path, truncation="right")
     base = resolve_base_model(cfg.model, Store(cfg.store))
-    record = run_prepare(cfg, base)
-    counts = json.load(open(os.path.join(record["uri"], "_manifest.json")))["counts"]
+    record = run_stage(PREPARE, cfg, Store(cfg.store), base=base)
+    counts = json.load(open(os.path.join(record.uri, "_manifest.json")))["counts"]
     assert counts["accepted"] == 5 and counts["rejected"] == 1
     assert counts["truncated_samples"] == 1 and counts["truncated_tokens"] > 0
-    rejects = [json.loads(line) for line in open(os.path.join(record["uri"], "rejects.jsonl"))]
+    rejects = [json.loads(line) for line in open(os.path.join(record.uri, "rejects.jsonl"))]
     assert [(r["id"], r["line"]) for r in rejects] == [("lost", 6)]
     assert "no assistant token" in rejects[0]["reason"]
-    table = pq.read_table(os.path.join(record["uri"], "part-00000.parquet"))
+    table = pq.read_table(os.path.join(record.uri, "part-00000.parquet"))
     long_row = table.to_pylist()[table.column("id").to_pylist().index("long")]
     assert len(long_row["input_ids"]) == 128 == len(long_row["offsets"]) == len(long_row["loss_mask"])
 
@@ -117,14 +120,14 @@ def test_right_truncation_keeps_the_sample_and_counts_it(tiny_model_dir, tmp_pat
 def test_synthetic_source_records_role_truth(tiny_model_dir, tmp_path):
     cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "synthetic", "n": 6, "seed": 1})
     base = resolve_base_model(cfg.model, Store(cfg.store))
-    record = run_prepare(cfg, base)
-    table = pq.read_table(os.path.join(record["uri"], "part-00000.parquet"))
+    record = run_stage(PREPARE, cfg, Store(cfg.store), base=base)
+    table = pq.read_table(os.path.join(record.uri, "part-00000.parquet"))
     for row in table.to_pylist():
         truth, mask = row["role_truth"], row["loss_mask"]
         assert len(truth) == len(mask)
         assert all((t == -1) == (m == 0) for t, m in zip(truth, mask))
         assert 1 in truth and 0 in truth
-    assert json.load(open(os.path.join(record["uri"], "_manifest.json")))["counts"]["roles_known"] == 6
+    assert json.load(open(os.path.join(record.uri, "_manifest.json")))["counts"]["roles_known"] == 6
 
 
 def test_split_is_stable_and_roughly_the_share():
@@ -142,24 +145,24 @@ def test_an_eval_source_is_the_whole_eval_split_and_part_of_the_key(tiny_model_d
     cfg = pipeline_config(tiny_model_dir, tmp_path / "store", {"kind": "file", "path": train},
                           prepare={"eval_source": {"kind": "file", "path": held_out}, "eval_share": 0.5})
     base = resolve_base_model(cfg.model, Store(cfg.store))
-    record = run_prepare(cfg, base)
-    rows = pq.read_table(os.path.join(record["uri"], "part-00000.parquet"), columns=["id", "split"]).to_pylist()
+    record = run_stage(PREPARE, cfg, Store(cfg.store), base=base)
+    rows = pq.read_table(os.path.join(record.uri, "part-00000.parquet"), columns=["id", "split"]).to_pylist()
     assert {r["id"]: r["split"] for r in rows} == {**{f"g{i}": "train" for i in range(6)},
                                                    **{f"e{i}": "eval" for i in range(3)}}
-    counts = json.load(open(os.path.join(record["uri"], "_manifest.json")))["counts"]
+    counts = json.load(open(os.path.join(record.uri, "_manifest.json")))["counts"]
     assert (counts["train"], counts["eval"]) == (6, 3)
-    key = prepare_key(cfg, base)
+    key = PREPARE.key(cfg, base=base)
     with open(held_out, "a") as f:
         f.write(json.dumps({**good(9), "id": "e9"}) + "\n")
-    assert prepare_key(cfg, base) != key  # an edited eval file re-runs prepare
+    assert PREPARE.key(cfg, base=base) != key  # an edited eval file re-runs prepare
 
 
 def test_gsm8k_and_reasoning_gym_sources_prepare(tiny_model_dir, tmp_path):
     cfg = pipeline_config(tiny_model_dir, tmp_path / "store", {"kind": "reasoning_gym", "n": 5, "seed": 3},
                           prepare={"eval_source": {"kind": "gsm8k", "limit": 4}})
     base = resolve_base_model(cfg.model, Store(cfg.store))
-    record = run_prepare(cfg, base)
-    rows = pq.read_table(os.path.join(record["uri"], "part-00000.parquet")).to_pylist()
+    record = run_stage(PREPARE, cfg, Store(cfg.store), base=base)
+    rows = pq.read_table(os.path.join(record.uri, "part-00000.parquet")).to_pylist()
     assert [r["split"] for r in rows] == ["train"] * 5 + ["eval"] * 4
     for row in rows:
         answer = json.loads(row["meta"])["answer"]

@@ -13,11 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import chat_rows
-from tokenweight.kernels.chat_encode import encode_conversation
-from tokenweight.kernels.token_weights import sample_weights, token_classes
+from helpers import chat_rows
+from tokenweight.components.chat_encode import encode_conversation
+from tokenweight.components.token_weights import sample_weights, token_classes
 from tokenweight.report_html import write_report
-from tokenweight.tasks.weights import SCHEMA, _Tally
+from tokenweight.components.class_tally import ClassTally
+from tokenweight.schemas import WEIGHTED
+from tokenweight.stage_outputs import WeightsSummary
 
 TRICKY = "Use <b>&amp; 'quotes'\nthen a new line"
 
@@ -26,7 +28,7 @@ TRICKY = "Use <b>&amp; 'quotes'\nthen a new line"
 def shards(smol_tokenizer, tmp_path_factory):
     """Two weight shards of real chats (one with markup and a newline in its answer) with seeded
     losses, and the summary the weights stage would write for them."""
-    rows, tally, rng = [], _Tally(), np.random.default_rng(0)
+    rows, tally, rng = [], ClassTally(), np.random.default_rng(0)
     # The rows without tool calls (those need the source reader's rendering first).
     chats = [r["messages"] for r in chat_rows(14) if "tools" not in r]
     chats.append([{"role": "user", "content": "html?"}, {"role": "assistant", "content": TRICKY}])
@@ -45,9 +47,9 @@ def shards(smol_tokenizer, tmp_path_factory):
     paths = []
     for index, part in enumerate((rows[:6], rows[6:])):
         paths.append(directory / f"part-{index:05d}.parquet")
-        pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), paths[-1])
-    summary = {"method": "rft", "reference": "control", "margin": 0.2, "granularity": "token",
-               **tally.summary(smol_tokenizer, 20)}
+        pq.write_table(pa.Table.from_pylist(part, schema=WEIGHTED), paths[-1])
+    summary = WeightsSummary(method="rft", reference="control", margin=0.2, margin_setting=0.2, granularity="token",
+                             **tally.summary(smol_tokenizer, 20), preflight=None)
     return paths, summary, rows
 
 
@@ -61,7 +63,7 @@ def test_the_page_holds_every_sample_and_token_and_loads_nothing(shards, tmp_pat
     assert page.count("<div class='sample'") == len(rows)
     assert len(re.findall(r"<span class='tok c[m01]'", page)) == shown["tokens"]
     reasoning = sum(int((r["token_class"] == 1).sum()) for r in rows)
-    assert f"<span id='n-reasoning'>{reasoning}</span>" in page and reasoning == summary["target_tokens"]["reasoning"]
+    assert f"<span id='n-reasoning'>{reasoning}</span>" in page and reasoning == summary.target_tokens["reasoning"]
     assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", page)  # self-contained: no network
     # Each sample's tokens, tags stripped and entities decoded, give back its text: markup in the
     # data is escaped, not rendered, and no character is lost or doubled.

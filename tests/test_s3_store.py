@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import pipeline_config
+from helpers import pipeline_config
 
 s3fs = pytest.importorskip("s3fs", reason="the s3 extra (pip install -e '.[s3]')")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] (the test extra)")

@@ -1,4 +1,4 @@
-"""kernels/score_tokens.py: shared-bottom scoring equals plain scoring; order and padding."""
+"""components/score_tokens.py: shared-bottom scoring equals plain scoring; order and padding."""
 
 import copy
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokenweight.kernels.batching import pad_batch
-from tokenweight.kernels.score_tokens import score_rows
-from tokenweight.kernels.token_loss import reference_token_losses
+from tokenweight.components.batching import pad_batch
+from tokenweight.components.score_tokens import score_rows
+from tokenweight.components.token_loss import reference_token_losses
 
 
 def rows_and_masks(seed=0, lengths=(13, 5, 30, 1, 9, 22, 7)):

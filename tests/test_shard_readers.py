@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from test_pipeline import DESIGN_COLUMNS
+from helpers import DESIGN_COLUMNS
 from weight_shards_fixture import weight_shards_fixture  # noqa: F401  (the weight_shards fixture)
 
 EXPECTED = pa.schema(DESIGN_COLUMNS)

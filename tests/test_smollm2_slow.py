@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokenweight.config import ModelConfig, parse_config
-from tokenweight.kernels.chat_encode import encode_conversation
-from tokenweight.kernels.score_tokens import score_rows
+from tokenweight.components.chat_encode import encode_conversation
+from tokenweight.components.score_tokens import score_rows
 from tokenweight.models import load_model, load_tokenizer, resolve_base_model
 from tokenweight.store import MANIFEST, Store, verify_output
-from tokenweight.tasks.prepare import run_prepare
+from tokenweight.stage_protocol import run_stage
+from tokenweight.tasks.prepare import PREPARE
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def smol_store(request, tmp_path_factory):
     """A store holding the converted SmolLM2 (the store's own manifest makes the conversion atomic)."""
-    from conftest import cache_dir
+    from helpers import cache_dir
 
     root = cache_dir(request, tmp_path_factory, "smollm2-store")
     store = Store(str(root))
@@ -70,8 +71,8 @@ def test_real_bfcl_samples_score_sensibly(smol_store, smol_model, tmp_path):
                     "max_tokens": 1024},
     })
     local = resolve_base_model(cfg.model, Store(cfg.store))
-    record = run_prepare(cfg, local)
-    rows = [r for p in sorted(glob.glob(f"{record['uri']}/part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    record = run_stage(PREPARE, cfg, Store(cfg.store), base=local)
+    rows = [r for p in sorted(glob.glob(f"{record.uri}/part-*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert len(rows) == 3
     tok = load_tokenizer(base.path)
     ids, masks = [r["input_ids"] for r in rows], [r["loss_mask"] for r in rows]
@@ -92,8 +93,9 @@ def test_a_few_rft_steps_on_real_bfcl_answers_lower_their_loss_and_the_answers_c
     the ground-truth answers pass the eval stage's BFCL check."""
     from tokenweight.config import FinetuneConfig
     from tokenweight.sources.bfcl import answer_text, read_bfcl
-    from tokenweight.tasks.eval import check_answer, heldout_losses
-    from tokenweight.tasks.finetune import train_model
+    from tokenweight.components.heldout_loss import heldout_losses
+    from tokenweight.evals.answer_check import check_answer
+    from tokenweight.components.trainer_setup import train_model
 
     store, base = smol_store
     tokenizer = load_tokenizer(base.path)

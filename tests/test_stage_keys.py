@@ -1,32 +1,39 @@
 """Key invalidation through the real task key functions: a change re-runs its stage and every
 stage after it, nothing before."""
 
+import dataclasses
 import importlib
 import json
 import warnings
 
 import pytest
 
-from conftest import chat_rows, pipeline_config, write_jsonl
-from tokenweight.config import STAGES, PipelineConfig
-from tokenweight.models import resolve_base_model
-from tokenweight.store import Store
-from tokenweight.tasks.discriminator import discriminator_key
-from tokenweight.tasks.eval import eval_key
-from tokenweight.tasks.finetune import finetune_key
-from tokenweight.tasks.prepare import PrepareError, prepare_key
-from tokenweight.tasks.score import score_key
-from tokenweight.tasks.shuffle import shuffle_key
-from tokenweight.tasks.weights import weights_key
+from helpers import chat_rows, pipeline_config, write_jsonl
+from tokenweight.config import STAGES, PipelineConfig, SyntheticSource
+from tokenweight.models import ModelRef, resolve_base_model
+from tokenweight.sources.registry import PrepareError
+from tokenweight.store import StageRecord, Store
+
+
+def spec(stage):
+    """The stage's declaration, looked up at call time (the version-bump test replaces it)."""
+    return getattr(importlib.import_module(f"tokenweight.tasks.{stage}"), stage.upper())
+
+
+def record(stage, key):
+    return StageRecord(stage, key, f"/nowhere/{stage}/{key}")
 
 
 def all_keys(cfg):
     base = resolve_base_model(cfg.model, Store(cfg.store))
-    keys = {"prepare": prepare_key(cfg, base)}
-    keys["shuffle"] = shuffle_key(cfg, {"key": keys["prepare"]}, base)
-    keys["discriminator"] = discriminator_key(cfg, {"key": keys["shuffle"]}, base)
-    keys["score"] = score_key(cfg, {"key": keys["prepare"]}, {"key": keys["discriminator"]}, base)
-    keys["weights"] = weights_key(cfg, {"key": keys["score"]}, {"key": keys["prepare"]}, {"key": keys["discriminator"]})
+    keys = {"prepare": spec("prepare").key(cfg, base=base)}
+    prepared = record("prepare", keys["prepare"])
+    keys["shuffle"] = spec("shuffle").key(cfg, prepared=prepared, base=base)
+    keys["discriminator"] = spec("discriminator").key(cfg, shuffled=record("shuffle", keys["shuffle"]), base=base)
+    disc = record("discriminator", keys["discriminator"])
+    keys["score"] = spec("score").key(cfg, prepared=prepared, disc=disc, base=base)
+    keys["weights"] = spec("weights").key(cfg, scored=record("score", keys["score"]), prepared=prepared, disc=disc,
+                                          base=base)
     return keys
 
 
@@ -34,9 +41,10 @@ def keys_to_eval(cfg):
     """all_keys plus finetune and eval (whose model input is the finetune output)."""
     keys = all_keys(cfg)
     base = resolve_base_model(cfg.model, Store(cfg.store))
-    prepared, weighted = {"key": keys["prepare"]}, {"key": keys["weights"]}
-    keys["finetune"] = finetune_key(cfg, prepared, weighted, base)
-    keys["eval"] = eval_key(cfg, prepared, weighted, {"key": keys["finetune"]})
+    prepared, weighted = record("prepare", keys["prepare"]), record("weights", keys["weights"])
+    keys["finetune"] = spec("finetune").key(cfg, prepared=prepared, weighted=weighted, base=base)
+    keys["eval"] = spec("eval").key(cfg, prepared=prepared, weighted=weighted,
+                                    model=ModelRef("/nowhere/model", keys["finetune"], "rft"))
     return keys
 
 
@@ -60,8 +68,10 @@ FIELDS = [(section, field) for section in SECTIONS
 @pytest.mark.parametrize("section,field", FIELDS, ids=[f"{s}.{f}" for s, f in FIELDS])
 def test_every_config_field_is_in_its_stage_key_and_no_earlier_one(tiny_model_dir, tmp_path, data_file, section, field):
     cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
-    # model_copy does not validate: any distinct value shows whether the field reaches the key.
-    edited = getattr(cfg, section).model_copy(update={field: "changed-for-the-test"})
+    # model_copy does not validate: any distinct value shows whether the field reaches the key;
+    # a source must be a real one, whose content the key can fingerprint.
+    value = SyntheticSource(n=7) if field in ("source", "eval_source") else "changed-for-the-test"
+    edited = getattr(cfg, section).model_copy(update={field: value})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydantic warns when serialising the off-type value
         after = keys_to_eval(cfg.model_copy(update={section: edited}))
@@ -73,7 +83,7 @@ def test_a_stage_version_bump_reruns_it_and_later_stages_only(tiny_model_dir, tm
     cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
     before = keys_to_eval(cfg)
     module = importlib.import_module(f"tokenweight.tasks.{stage}")
-    monkeypatch.setattr(module, "VERSION", module.VERSION + "-bumped")
+    monkeypatch.setattr(module, stage.upper(), dataclasses.replace(spec(stage), version=spec(stage).version + "-bumped"))
     assert changed(before, keys_to_eval(cfg)) == DOWNSTREAM[stage]
 
 
@@ -144,4 +154,4 @@ def test_prepare_key_of_a_missing_file_is_a_prepare_error(tiny_model_dir, tmp_pa
     cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": str(tmp_path / "gone.jsonl")})
     base = resolve_base_model(cfg.model, Store(cfg.store))
     with pytest.raises(PrepareError, match="gone.jsonl: data file not found"):
-        prepare_key(cfg, base)
+        spec("prepare").key(cfg, base=base)

@@ -17,7 +17,7 @@ import pytest
 
 from tokenweight.stage_lock import LEASE_S, LockTimeout, is_locked, lease_seconds, stage_lock
 from tokenweight.store import Store
-from tokenweight.tasks.common import run_stage
+from tokenweight.stage_protocol import Stage, run_stage
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -77,21 +77,22 @@ def test_two_runs_of_one_stage_compute_it_once(tmp_path):
     """The second caller waits for the first and reuses its output."""
     store, calls = Store(str(tmp_path)), []
 
-    def work(writer):
+    def work(run):
         calls.append(threading.current_thread().name)
         time.sleep(0.3)
-        (writer.dir / "out.txt").write_text("done")
-        return writer.commit()
+        (run.dir / "out.txt").write_text("done")
+        return {}
 
+    stage = Stage(name="shuffle", version="1", config=lambda cfg: {}, inputs=lambda cfg: {}, work=work)
     results = {}
-    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, run_stage(store, "shuffle", "k", work)),
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, run_stage(stage, None, store, "k")),
                                 name=f"run{n}") for n in (1, 2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(calls) == 1
-    assert sorted(r["cached"] for r in results.values()) == [False, True]
+    assert sorted(r.cached for r in results.values()) == [False, True]
     assert (tmp_path / "shuffle" / "k" / "out.txt").read_text() == "done"
 
 

@@ -25,16 +25,16 @@ def test_every_stage_version_was_recorded_with_the_code_it_runs():
 
 
 def test_the_fingerprint_follows_imports_and_ignores_comments_and_docstrings(tmp_path):
-    """The weights stage reaches kernels/token_weights.py through an import: a change in its code
+    """The weights stage reaches components/token_weights.py through an import: a change in its code
     changes the fingerprint, a comment or a docstring does not."""
     root = tmp_path / "tokenweight"
     shutil.copytree(PACKAGE, root)
     before = closure("tokenweight.tasks.weights", root)
-    assert "tokenweight.kernels.token_weights" in before and "tokenweight.store" in before
-    kernel = root / "kernels" / "token_weights.py"
+    assert "tokenweight.components.token_weights" in before and "tokenweight.store" in before
+    kernel = root / "components" / "token_weights.py"
     source = kernel.read_text()
     kernel.write_text('"""Another docstring."""\n# a comment\n' + source.split('"""', 2)[2])
     assert closure("tokenweight.tasks.weights", root) == before
     kernel.write_text(source + "\nEXTRA = 1\n")
-    assert closure("tokenweight.tasks.weights", root)["tokenweight.kernels.token_weights"] != \
-        before["tokenweight.kernels.token_weights"]
+    assert closure("tokenweight.tasks.weights", root)["tokenweight.components.token_weights"] != \
+        before["tokenweight.components.token_weights"]

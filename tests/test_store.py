@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenweight.store import MANIFEST, STORE_MARKER, Store, StoreError, sha256_file, stage_key, verify_output
+from tokenweight.file_digests import sha256_file
+from tokenweight.store import MANIFEST, STORE_MARKER, Store, StoreError, stage_key, verify_output
 
 CONFIG = {"lr": 1e-4, "epochs": 2, "nested": {"a": [1, 2], "b": "x"}}
 
@@ -49,7 +50,7 @@ def test_files_appear_only_after_commit(tmp_path):
         assert not os.path.exists(f"{uri}/part-00000.parquet")
         assert store.manifest("prepare", "k1") is None
         record = w.commit(counts={"rows": 3})
-    assert record.to_dict() == {"stage": "prepare", "key": "k1", "uri": uri}
+    assert record.to_dict() == {"stage": "prepare", "key": "k1", "uri": uri, "cached": False}
     assert sorted(os.listdir(uri)) == [MANIFEST, "part-00000.parquet", "sub"]  # no temp dir left
     manifest = store.manifest("prepare", "k1")
     assert manifest["counts"] == {"rows": 3} and manifest["stage"] == "prepare" and manifest["key"] == "k1"

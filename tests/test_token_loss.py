@@ -1,10 +1,10 @@
-"""kernels/token_loss.py: the chunked target-only losses equal the plain full-logits reference."""
+"""components/token_loss.py: the chunked target-only losses equal the plain full-logits reference."""
 
 import pytest
 import torch
 
-from tokenweight.kernels.batching import pad_batch
-from tokenweight.kernels.token_loss import chunked_token_ce, reference_token_losses, target_token_losses
+from tokenweight.components.batching import pad_batch
+from tokenweight.components.token_loss import chunked_token_ce, reference_token_losses, target_token_losses
 
 
 def make_batch(pad_id, rows_masks):
@@ -108,7 +108,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_linear_token_ce_losses_and_gradients_equal_reference(n, vocab, chunk, train_head, device):
     """The recomputing backward gives the reference's gradients under an uneven upstream gradient
     (the per-token weights of rft / weighted), for odd numbers of rows and vocabularies."""
-    from tokenweight.kernels.token_loss import LinearTokenCE
+    from tokenweight.components.token_loss import LinearTokenCE
 
     g = torch.Generator().manual_seed(n * 1000 + vocab)
     hidden0 = torch.randn(n, 24, generator=g, dtype=torch.float32)

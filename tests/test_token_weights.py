@@ -1,4 +1,4 @@
-"""kernels/token_weights.py: classes, the RFT weights, uniform weights, and the weights schema."""
+"""components/token_weights.py: classes, the RFT weights, uniform weights, and the weights schema."""
 
 import math
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenweight.kernels.token_weights import (
-    METHODS,
+from tokenweight.components.token_weights import (
+    WEIGHT_METHODS,
     class_groups,
     rft_group_weights,
     rft_static_weights,
@@ -21,7 +21,7 @@ from tokenweight.kernels.token_weights import (
     value_groups,
     word_groups,
 )
-from tokenweight.tasks.weights import SCHEMA
+from tokenweight.schemas import WEIGHTED
 
 
 def softmax2(a, b, tau):
@@ -99,7 +99,7 @@ def test_unknown_method_names_the_valid_ones():
     with pytest.raises(ValueError) as err:
         sample_weights("dft", np.zeros(2), np.zeros(2, np.int8), np.ones(2, np.int8), 1.0)
     assert "'dft'" in str(err.value)
-    for method in METHODS:
+    for method in WEIGHT_METHODS:
         assert method in str(err.value)
 
 
@@ -123,7 +123,7 @@ def samples(draw):
     loss_ref = np.array(draw(st.lists(floats, min_size=n, max_size=n)), dtype=np.float32) * mask
     margin = draw(st.sampled_from([0.0, 0.2, 1.0]))
     tau = draw(st.floats(0.05, 100.0))
-    method = draw(st.sampled_from(METHODS))
+    method = draw(st.sampled_from(WEIGHT_METHODS))
     return mask, loss_base, loss_disc, loss_ref, margin, tau, method
 
 
@@ -149,9 +149,9 @@ def test_weights_property_and_parquet_round_trip(tmp_path, sample):
         "loss_disc": loss_disc, "loss_ref": loss_ref, "token_class": classes, "weight": weight,
     }
     path = tmp_path / "part-00000.parquet"
-    pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), path)
+    pq.write_table(pa.Table.from_pylist([row], schema=WEIGHTED), path)
     back = pq.read_table(path)
-    assert back.schema.equals(SCHEMA)
+    assert back.schema.equals(WEIGHTED)
     got = back.to_pylist()[0]
     for name, arr in (("loss_mask", mask), ("loss_base", loss_base), ("loss_disc", loss_disc),
                       ("loss_ref", loss_ref), ("token_class", classes), ("weight", weight)):
@@ -195,7 +195,7 @@ def test_word_groups_skip_tokens_off_the_mask():
 
 def _value_words(tokenizer, user: str, answer: str) -> list[str]:
     """The groups value_groups finds in a real chat's assistant turn, as strings."""
-    from tokenweight.kernels.chat_encode import encode_conversation
+    from tokenweight.components.chat_encode import encode_conversation
 
     enc = encode_conversation(tokenizer, [{"role": "user", "content": user},
                                           {"role": "assistant", "content": answer}])
@@ -221,7 +221,7 @@ def test_value_groups_join_a_copied_run_of_words_and_nothing_else(smol_tokenizer
 
 
 def test_value_groups_spread_the_largest_ld_over_a_copied_run(smol_tokenizer):
-    from tokenweight.kernels.chat_encode import encode_conversation
+    from tokenweight.components.chat_encode import encode_conversation
 
     enc = encode_conversation(smol_tokenizer, [{"role": "user", "content": "Title it Blue Door Cafe."},
                                                {"role": "assistant", "content": 'title="Blue Door Cafe"'}])
@@ -267,12 +267,12 @@ _CHAT_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), whitelist_
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(user=_CHAT_TEXT, answer=_CHAT_TEXT, seed=st.integers(0, 2**32 - 1), method=st.sampled_from(METHODS),
+@given(user=_CHAT_TEXT, answer=_CHAT_TEXT, seed=st.integers(0, 2**32 - 1), method=st.sampled_from(WEIGHT_METHODS),
        granularity=st.sampled_from(["token", "word", "value"]))
 def test_real_tokens_to_weights_to_a_shard_and_back(smol_tokenizer, tmp_path, user, answer, seed, method, granularity):
     """Tokens of a real chat -> classes and weights -> a shard written as the stage writes it ->
     read back: every column round-trips exactly, lengths agree, offsets point into the text."""
-    from tokenweight.kernels.chat_encode import encode_conversation
+    from tokenweight.components.chat_encode import encode_conversation
     from tokenweight.store import Store
 
     enc = encode_conversation(smol_tokenizer, [{"role": "user", "content": user},
@@ -288,7 +288,7 @@ def test_real_tokens_to_weights_to_a_shard_and_back(smol_tokenizer, tmp_path, us
            "loss_disc": losses[1], "loss_ref": losses[2], "token_class": classes, "weight": weight}
     store = Store(str(tmp_path / f"store-{seed}"))
     with store.begin("weights", "k", resumable=True) as writer:
-        writer.write_shard(0, pa.Table.from_pylist([row], schema=SCHEMA))
+        writer.write_shard(0, pa.Table.from_pylist([row], schema=WEIGHTED))
         got = pq.read_table(writer.dir / "part-00000.parquet").to_pylist()[0]
     assert got["text"] == enc.text and got["input_ids"] == enc.input_ids and got["offsets"] == row["offsets"]
     for name in ("loss_mask", "loss_base", "loss_disc", "loss_ref", "token_class", "weight"):

@@ -1,4 +1,4 @@
-"""kernels/triton_token_ce.py: the fused Triton cross-entropy equals full logits + log-softmax.
+"""components/triton_token_ce.py: the fused Triton cross-entropy equals full logits + log-softmax.
 
 GPU only: the whole module is skipped unless triton is importable and CUDA is present. The oracle
 computes the full logits in float64 from the very values the kernel sees (bf16 inputs upcast), so
@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenweight.kernels.triton_token_ce import triton_available, triton_token_ce
+from tokenweight.components.triton_token_ce import triton_available, triton_token_ce
 
 if not triton_available():
     pytest.skip("needs triton and a CUDA device", allow_module_level=True)
 
-from tokenweight.kernels.token_loss import chunked_token_ce  # noqa: E402
+from tokenweight.components.token_loss import chunked_token_ce  # noqa: E402
 
 DEVICE = "cuda"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}

@@ -1,13 +1,13 @@
-"""kernels/trunk_split.py: bottom-then-top equals the whole trunk; same_bottom detects changes."""
+"""components/trunk_split.py: bottom-then-top equals the whole trunk; same_bottom detects changes."""
 
 import copy
 
 import pytest
 import torch
 
-from tokenweight.kernels.batching import pad_batch
-from tokenweight.kernels.token_loss import decoder_and_head
-from tokenweight.kernels.trunk_split import TrunkSplit, check_split, same_bottom
+from tokenweight.components.batching import pad_batch
+from tokenweight.components.token_loss import decoder_and_head
+from tokenweight.components.trunk_split import TrunkSplit, check_split, same_bottom
 
 
 def batch(pad_id):

@@ -8,15 +8,15 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, TrainerCallback
 
-from ddp_worker import ddp_rows
+from helpers import ddp_rows
 from tokenweight.config import FinetuneConfig
-from tokenweight.kernels.weighted_trainer import TokenRows, WeightedLossTrainer, collate
+from tokenweight.components.weighted_trainer import TokenRows, WeightedLossTrainer, collate
 from tokenweight.models import load_model
-from tokenweight.tasks.finetune import train_model, training_arguments
+from tokenweight.components.trainer_setup import train_model, training_arguments
 
 
 def _rows(tokenizer, n=12, seed=0):
-    """Rows of varied lengths with a target span, token classes 0/1 and weights (ddp_worker's)."""
+    """Rows of varied lengths with a target span, token classes 0/1 and weights (those ddp_worker trains on)."""
     return ddp_rows(n, seed)
 
 
@@ -116,7 +116,7 @@ def test_a_half_saved_checkpoint_is_never_resumed_from(tiny_model_dir, smol_toke
     """The Trainer writes a checkpoint file by file: one cut short looks like a checkpoint."""
     import shutil
 
-    from tokenweight.kernels.weighted_trainer import COMPLETE_MARKER, last_complete_checkpoint
+    from tokenweight.components.weighted_trainer import COMPLETE_MARKER, last_complete_checkpoint
 
     work = tmp_path / "w"
     with pytest.raises(KeyboardInterrupt):
@@ -195,7 +195,7 @@ def test_the_loss_comes_from_the_models_own_forward_with_no_logits_in_it(model_c
                                                                         smol_tokenizer, tmp_path):
     """compute_loss runs model(...) (DDP's and accelerate's wrappers act there), with the LM head
     applied to no position in it; the losses (chunked, at target positions) match full logits."""
-    from tokenweight.kernels.token_loss import reference_token_losses
+    from tokenweight.components.token_loss import reference_token_losses
 
     rows = _rows(smol_tokenizer, 4)
     model = model_class.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -218,7 +218,7 @@ def test_bf16_mixed_precision_reaches_the_loss(tiny_model_dir, smol_tokenizer, t
     """With bf16=True the trunk and the LM head run under accelerate's autocast: the per-token
     losses are bf16's, not fp32's (they were fp32's while compute_loss bypassed the wrapped forward),
     and so are the gradients, matching plain autograd through full logits under the same autocast."""
-    from tokenweight.kernels.token_loss import reference_token_losses
+    from tokenweight.components.token_loss import reference_token_losses
 
     rows = _rows(smol_tokenizer, 4)
     fp32 = _one_step(load_model(tiny_model_dir), smol_tokenizer, rows, tmp_path / "fp32")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pipeline_config
+from helpers import pipeline_config
 
 
 @pytest.fixture(scope="module", name="weight_shards")
@@ -21,4 +21,4 @@ def weight_shards_fixture(prefect_harness, tiny_model_dir, tmp_path_factory) -> 
 
     store = tmp_path_factory.getbasetemp() / "weight-shards-store"
     records = pipeline(pipeline_config(tiny_model_dir, store), until="weights")
-    return Path(records["weights"]["uri"])
+    return Path(records["weights"].uri)

@@ -7,18 +7,18 @@ print one line saying what and where; `--debug` shows the traceback too.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from .config import STAGES, ConfigError, FileSource, apply_overrides, parse_config, read_config_file
+from .config import STAGES, load_config
 from .models import check_model_name
 from .preflight import verdict_lines
 from .serve import add_serve_parser, serve_command
-from .store import Store
+from .stage_outputs import EvalMetrics, WeightsSummary
+from .store import StageRecord, Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,64 +51,57 @@ def _config_options(command: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    overrides = list(args.overrides)
-    if args.store:
-        overrides.append(f"store={args.store}")
-    data = apply_overrides(read_config_file(args.config), overrides)
-    if args.data:
-        if not Path(args.data).is_file():
-            raise ConfigError(f"--data {args.data}: file not found")
-        data.setdefault("prepare", {})["source"] = FileSource(path=str(Path(args.data).resolve())).model_dump()
-    return parse_config(data, where=args.config)
+    overrides = list(args.overrides) + ([f"store={args.store}"] if args.store else [])
+    return load_config(args.config, overrides, data=args.data)
 
 
-def print_report(records: dict, seconds: float, store: Store) -> None:
-    ran = sum(not r["cached"] for r in records.values())
+def print_report(records: dict[str, StageRecord], seconds: float, store: Store) -> None:
+    ran = sum(not r.cached for r in records.values())
     print(f"\ntokenweight: {len(records)} stages in {seconds:.1f}s ({ran} ran, {len(records) - ran} cached)")
     for stage, rec in records.items():
-        print(f"  {stage:<14} {'cached' if rec['cached'] else 'ran':<7} {shown(store, rec)}")
-    if all(r["cached"] for r in records.values()):
+        print(f"  {stage:<14} {'cached' if rec.cached else 'ran':<7} {shown(store, rec)}")
+    if all(r.cached for r in records.values()):
         print("  nothing to do: every stage came from the cache")
     if "weights" in records:
-        print_summary(store.local_dir("weights", records["weights"]["key"]), shown(store, records["weights"]))
+        print_summary(store.local_dir("weights", records["weights"].key), shown(store, records["weights"]))
     if "eval" in records:
-        print_eval(store.local_dir("eval", records["eval"]["key"]))
+        print_eval(store.local_dir("eval", records["eval"].key))
 
 
-def shown(store: Store, record: dict) -> str:
+def shown(store: Store, record: StageRecord) -> str:
     """Where a stage output is, as the user would type it (with the scheme for a remote store)."""
-    return record["uri"] if store.is_local else f"{store.url}/{record['stage']}/{record['key']}"
+    return record.uri if store.is_local else f"{store.url}/{record.stage}/{record.key}"
 
 
 def print_eval(eval_dir: Path) -> None:
-    m = json.loads((eval_dir / "metrics.json").read_text())
-    loss = m["heldout_loss"]
-    accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.3f}"
-    print(f"\neval [{m['model']['name']}]: accuracy {accuracy} on {m['checked']} checked samples; held-out loss "
+    m = EvalMetrics.read(eval_dir)
+    loss = m.heldout_loss
+    accuracy = "n/a" if m.accuracy is None else f"{m.accuracy:.3f}"
+    print(f"\neval [{m.model['name']}]: accuracy {accuracy} on {m.checked} checked samples; held-out loss "
           f"boilerplate {loss['boilerplate']}, reasoning {loss['reasoning']}")
-    for name, t in m["accuracy_by_task"].items():
+    for name, t in m.accuracy_by_task.items():
         print(f"  {name:<28} {t['accuracy']:.3f}  (n={t['n']})")
     print(f"predictions: {eval_dir}/predictions.parquet")
 
 
 def print_summary(weights_dir: Path, where: str) -> None:
-    if not (weights_dir / "summary.json").exists():
+    s = WeightsSummary.read(weights_dir)
+    if s is None:
         return
-    s = json.loads((weights_dir / "summary.json").read_text())
-    tokens = s["target_tokens"]
-    print(f"\nsamples: {s['samples']}  (method {s['method']}, reference {s['reference']}, margin {s['margin']}"
-          f"{' (auto)' if s.get('margin_setting') == 'auto' else ''})")
+    tokens = s.target_tokens
+    print(f"\nsamples: {s.samples}  (method {s.method}, reference {s.reference}, margin {s.margin}"
+          f"{' (auto)' if s.margin_setting == 'auto' else ''})")
     print(f"target tokens: boilerplate {tokens['boilerplate']}, reasoning {tokens['reasoning']}, "
-          f"boilerplate share {s['boilerplate_share']:.1%}")
+          f"boilerplate share {s.boilerplate_share:.1%}")
     for cls in ("boilerplate", "reasoning"):
-        top = ", ".join(f"{t['token']!r}×{t['count']}" for t in s["top_tokens"][cls][:12])
+        top = ", ".join(f"{t['token']!r}×{t['count']}" for t in s.top_tokens[cls][:12])
         print(f"most frequent {cls}: {top}")
-    if "roles" in s:
-        r = s["roles"]
+    if s.roles is not None:
+        r = s.roles
         print(f"against known roles: accuracy {r['accuracy']:.3f}, reasoning F1 {r['reasoning_f1']:.3f} "
               f"(precision {r['reasoning_precision']:.3f}, recall {r['reasoning_recall']:.3f})")
-    if "preflight" in s:
-        print("\n".join(verdict_lines(s["preflight"])))
+    if s.preflight is not None:
+        print("\n".join(verdict_lines(s.preflight)))
     print(f"weight shards: {where}/part-*.parquet")
     if (weights_dir / "report.html").exists():
         print(f"token report: {where}/report.html")
@@ -152,9 +145,9 @@ def _run_flow(args: argparse.Namespace, cfg):
 
 
 def print_compare(result: dict, seconds: float, store: Store) -> None:
-    table_dir = store.local_dir("compare", result["compare"]["key"])
+    table_dir = store.local_dir("compare", result["compare"].key)
     stages = [*result["shared"].values(), *result["finetune"].values(), *result["eval"].values()]
-    ran = sum(not r["cached"] for r in stages)
+    ran = sum(not r.cached for r in stages)
     print(f"\ntokenweight compare: {len(stages)} stages ({ran} ran, {len(stages) - ran} cached) in {seconds:.1f}s\n")
     print((table_dir / "table.md").read_text())
     print(f"table: {shown(store, result['compare'])}/table.md and table.json")
@@ -172,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         return serve_command(args)
     try:
         cfg = build_config(args)
-        # What the user can fix is checked before Prefect starts (and would log a traceback).
+        # What the user can fix is checked before Prefect starts (and would log a traceback); the
+        # flow checks the store again, as it must when a deployment runs it.
         check_model_name(cfg.model)
-        Store(cfg.store).check_writable()
+        store = Store(cfg.store)
+        store.check_writable()
         if not args.debug:
             _quiet_prefect_tracebacks()
 
@@ -190,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         print("tokenweight: run again with --debug for the traceback", file=sys.stderr)
         return 2
     if args.command == "compare":
-        print_compare(result, time.time() - started, Store(cfg.store))
+        print_compare(result, time.time() - started, store)
     else:
-        print_report(result, time.time() - started, Store(cfg.store))
+        print_report(result, time.time() - started, store)
     return 0
 
 

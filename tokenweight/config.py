@@ -386,8 +386,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
-    return parse_config(apply_overrides(read_config_file(path), list(overrides)), where=str(path))
+def load_config(path: str | Path, overrides: list[str] = (), data: str | None = None) -> PipelineConfig:
+    """The config as `tokenweight run PATH --set ... --data FILE` reads it (the CLI, deployments
+    and tests all load it here): the YAML file, then the `section.key=value` overrides, then
+    `data` (a JSONL or Parquet file) as the prepare source; errors name `path`."""
+    raw = apply_overrides(read_config_file(path), list(overrides))
+    if data:
+        if not Path(data).is_file():
+            raise ConfigError(f"--data {data}: file not found")
+        raw.setdefault("prepare", {})["source"] = FileSource(path=str(Path(data).resolve())).model_dump()
+    return parse_config(raw, where=str(path))
 
 
 def reference_markdown() -> str:

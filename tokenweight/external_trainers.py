@@ -53,16 +53,17 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from .kernels.batching import pad_batch
-from .kernels.finetune_losses import normaliser, weighted_sum
+from .components.batching import pad_batch
+from .components.finetune_losses import normaliser, weighted_sum
+from .shards import SHARD_GLOB
 
-SHARD_GLOB = "part-*.parquet"
 TRAIN_COLUMNS = ("input_ids", "loss_mask", "weight")
 IGNORE_INDEX = -100  # the label of a token that is not a target, as transformers' losses expect
 
 
-def shard_paths(source: str | Path) -> list[str]:
-    """The Parquet shards of a weights directory (its `part-*.parquet`), or of a glob, sorted."""
+def weight_shard_files(source: str | Path) -> list[str]:
+    """The Parquet shards of a weights directory (its `part-*.parquet`), or of a glob, sorted, as
+    strings (what `datasets.load_dataset(data_files=...)` takes)."""
     pattern = str(Path(source) / SHARD_GLOB) if Path(source).is_dir() else str(source)
     paths = sorted(glob.glob(pattern))
     if not paths:
@@ -75,10 +76,10 @@ def load_weight_shards(
 ) -> datasets.Dataset:
     """The rows of the shards (in shard order) as an in-memory `datasets.Dataset` of `columns`,
     only those of `split` (`train` or `eval`; None keeps both). For more rows than memory holds,
-    `datasets.load_dataset("parquet", data_files=shard_paths(source), split="train")` maps them
+    `datasets.load_dataset("parquet", data_files=weight_shard_files(source), split="train")` maps them
     from disk instead (then filter the `split` column)."""
     read = list(columns) if split is None or "split" in columns else [*columns, "split"]
-    table = pa.concat_tables(pq.read_table(p, columns=read) for p in shard_paths(source))
+    table = pa.concat_tables(pq.read_table(p, columns=read) for p in weight_shard_files(source))
     if split is not None:
         table = table.filter(pc.equal(table["split"], split)).select(list(columns))
     return datasets.Dataset(table)
@@ -98,12 +99,10 @@ class WeightedTokenCollator:
             n = len(row["input_ids"])
             if len(row["loss_mask"]) != n or len(row["weight"]) != n:
                 raise ValueError(f"row {i}: loss_mask and weight must have one value per token ({n})")
-        ids, attention_mask, loss_mask = pad_batch(
-            [r["input_ids"] for r in rows], [r["loss_mask"] for r in rows], self.pad_token_id
+        ids, attention_mask, loss_mask, weight = pad_batch(
+            [r["input_ids"] for r in rows], [r["loss_mask"] for r in rows], self.pad_token_id,
+            ([r["weight"] for r in rows], torch.float32),
         )
-        weight = torch.zeros(ids.shape, dtype=torch.float32)
-        for b, row in enumerate(rows):
-            weight[b, : len(row["weight"])] = torch.as_tensor(row["weight"], dtype=torch.float32)
         target = loss_mask.bool()
         return {
             "input_ids": ids,

@@ -26,8 +26,9 @@ class ModelError(ValueError):
 
 
 @dataclass(frozen=True)
-class BaseModel:
-    """A resolved base model: a local directory and a key that changes when its content does."""
+class ModelRef:
+    """A model a stage reads: a local directory, a key that changes when its content does, and a
+    name to show (the resolved base model, or a fine-tuned model that eval answers with)."""
 
     path: str
     key: str
@@ -67,7 +68,7 @@ def _dir_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def portable_name(base: BaseModel) -> str:
+def portable_name(base: ModelRef) -> str:
     """The base model's name as another machine can read it: the built-in name, or the model
     directory's own name (never the path of one machine's store or home)."""
     return base.name if base.name == BUILTIN_SMOLLM2 else Path(base.name).name
@@ -101,7 +102,7 @@ def check_model_name(cfg: ModelConfig) -> None:
         raise ModelError(f"model directory {path} has no config.json")
 
 
-def resolve_base_model(cfg: ModelConfig, store: Store) -> BaseModel:
+def resolve_base_model(cfg: ModelConfig, store: Store) -> ModelRef:
     """Find the base model, converting the built-in GGUF into the store on first use."""
     if cfg.name == BUILTIN_SMOLLM2:
         gguf = _gguf_path()
@@ -110,10 +111,10 @@ def resolve_base_model(cfg: ModelConfig, store: Store) -> BaseModel:
             with store.lock("base_model", key):
                 if store.manifest("base_model", key) is None:
                     _convert_gguf(gguf, store, key)
-        return BaseModel(str(verify_output(store, "base_model", key)[1]), key, cfg.name)
+        return ModelRef(str(verify_output(store, "base_model", key)[1]), key, cfg.name)
     check_model_name(cfg)
     path = Path(cfg.name).expanduser()
-    return BaseModel(str(path.resolve()), _dir_fingerprint(path), cfg.name)
+    return ModelRef(str(path.resolve()), _dir_fingerprint(path), cfg.name)
 
 
 def _convert_gguf(gguf: Path, store: Store, key: str) -> StageRecord:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .kernels.token_weights import rft_group_weights
+from .components.token_weights import rft_group_weights
 
 BOILERPLATE_LOSS_LIMIT = 0.5  # nats per boilerplate token under the discriminator
 MIN_CLASS_SHARE = 0.02

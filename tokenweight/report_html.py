@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from .stage_outputs import WeightsSummary
+
 COLUMNS = ["id", "split", "text", "offsets", "loss_mask", "loss_base", "loss_disc", "loss_ref", "token_class",
            "weight"]
 _BINS = 40
@@ -50,7 +52,7 @@ box.addEventListener('input',apply);split.addEventListener('change',apply);
 """
 
 
-def write_report(shards: list[Path], summary: dict[str, Any], out: Path, max_samples: int = 200) -> dict[str, int]:
+def write_report(shards: list[Path], summary: WeightsSummary, out: Path, max_samples: int = 200) -> dict[str, int]:
     """Write the page to `out`; returns what it shows: samples, tokens, bytes."""
     rendered: list[str] = []
     lds: list[np.ndarray] = []
@@ -101,18 +103,18 @@ def _sample(row: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _summary(s: dict[str, Any], ld: np.ndarray) -> str:
-    n_b, n_r = s["target_tokens"]["boilerplate"], s["target_tokens"]["reasoning"]
-    rows = [("samples", ", ".join(f"{k} {v}" for k, v in s["samples"].items())),
-            ("method / reference / margin", f"{s.get('method')} / {s.get('reference')} / {s.get('margin')}"),
-            ("boilerplate tokens", f"<span id='n-boilerplate'>{n_b}</span> ({s['boilerplate_share']:.1%})"),
-            ("reasoning tokens", f"<span id='n-reasoning'>{n_r}</span> ({1 - s['boilerplate_share']:.1%})"),
-            ("mean LD", f"boilerplate {s['mean_ld']['boilerplate']}, reasoning {s['mean_ld']['reasoning']}")]
-    if "roles" in s:
-        r = s["roles"]
+def _summary(s: WeightsSummary, ld: np.ndarray) -> str:
+    n_b, n_r = s.target_tokens["boilerplate"], s.target_tokens["reasoning"]
+    rows = [("samples", ", ".join(f"{k} {v}" for k, v in s.samples.items())),
+            ("method / reference / margin", f"{s.method} / {s.reference} / {s.margin}"),
+            ("boilerplate tokens", f"<span id='n-boilerplate'>{n_b}</span> ({s.boilerplate_share:.1%})"),
+            ("reasoning tokens", f"<span id='n-reasoning'>{n_r}</span> ({1 - s.boilerplate_share:.1%})"),
+            ("mean LD", f"boilerplate {s.mean_ld['boilerplate']}, reasoning {s.mean_ld['reasoning']}")]
+    if s.roles is not None:
+        r = s.roles
         rows.append(("against known roles", f"accuracy {r['accuracy']:.3f}, reasoning F1 {r['reasoning_f1']:.3f}"))
-    if "preflight" in s:
-        p = s["preflight"]
+    if s.preflight is not None:
+        p = s.preflight
         rows.append(("pre-flight", "<span class='{}'>{}</span>".format(
             "ok" if p["fits"] else "warn", "fits the method's premise" if p["fits"] else "does NOT fit the method's premise")))
         rows += [(f"{'ok' if c['ok'] else 'WARN'}: {c['name']}", html.escape(c["message"])) for c in p["checks"]]
@@ -120,9 +122,9 @@ def _summary(s: dict[str, Any], ld: np.ndarray) -> str:
     top = "".join(
         f"<p class='top'>most frequent {cls}: "
         + " ".join(f"<code>{html.escape(json.dumps(t['token'], ensure_ascii=False))}</code>×{t['count']}"
-                   for t in s["top_tokens"][cls][:20]) + "</p>"
+                   for t in s.top_tokens[cls][:20]) + "</p>"
         for cls in ("boilerplate", "reasoning"))
-    return f"<h2>Summary</h2><table class='s'>{table}</table>{top}<h2>LD over target tokens</h2>{_histogram(ld, s.get('margin', 0.0))}"
+    return f"<h2>Summary</h2><table class='s'>{table}</table>{top}<h2>LD over target tokens</h2>{_histogram(ld, s.margin)}"
 
 
 def _histogram(ld: np.ndarray, margin: float) -> str:

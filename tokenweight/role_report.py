@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels.token_weights import class_groups, token_classes
-from .tasks.common import iter_shards
-from .tasks.weights import calibrate, role_scores
+from .components.class_tally import calibrate, role_scores
+from .components.token_weights import class_groups, token_classes
+from .shards import iter_shards
+from .stage_outputs import Manifest
+from .store import MANIFEST
 
 GRANULARITIES = ("value", "word", "token")
 REFERENCES = ("control", "base")
@@ -47,16 +49,15 @@ class RunRoles:
 
 def run_roles(weights_dir: Path, margins: list[float]) -> RunRoles:
     """Read one run and tally, for every setting, (true role, class) pairs of its scored tokens."""
-    manifest = json.loads((weights_dir / "_manifest.json").read_text())
+    inputs = Manifest.read(weights_dir).inputs
     store = weights_dir.parent.parent
-    prep_dir = store / "prepare" / manifest["inputs"]["prepare"]
-    score_dir = store / "score" / manifest["inputs"]["score"]
-    score_manifest = json.loads((score_dir / "_manifest.json").read_text())
-    seconds = float(score_manifest.get("seconds", 0.0))
-    disc_key = manifest["inputs"].get("discriminator")
-    if disc_key and (store / "discriminator" / disc_key / "_manifest.json").exists():
-        disc_manifest = json.loads((store / "discriminator" / disc_key / "_manifest.json").read_text())
-        seconds += float(disc_manifest.get("seconds", 0.0))
+    prep_dir = store / "prepare" / inputs["prepare"]
+    score_dir = store / "score" / inputs["score"]
+    scored = Manifest.read(score_dir)
+    seconds = scored.seconds
+    disc_dir = store / "discriminator" / inputs.get("discriminator", "")
+    if inputs.get("discriminator") and (disc_dir / MANIFEST).exists():
+        seconds += Manifest.read(disc_dir).seconds
     samples = []
     for (_, prep), (_, score) in zip(iter_shards(prep_dir), iter_shards(score_dir)):
         for p, s in zip(prep.to_pylist(), score.to_pylist()):
@@ -68,7 +69,7 @@ def run_roles(weights_dir: Path, margins: list[float]) -> RunRoles:
     auto = {ref: calibrate(prep_dir, score_dir, ref) for ref in REFERENCES if ref in _refs(samples[0][1])}
     variants: list[Variant] = [(ref, gran, m) for ref in REFERENCES for gran in GRANULARITIES
                                for m in [*margins, "auto"]]
-    out = RunRoles(score_manifest["config"]["disc_context"], seconds, {v: Counter() for v in variants},
+    out = RunRoles(scored.config["disc_context"], seconds, {v: Counter() for v in variants},
                    auto_margin=auto)
     for p, s in samples:
         fmt = json.loads(p["meta"] or "{}").get("format")

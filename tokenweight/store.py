@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .faults import crash_point
+from .file_digests import SymlinkError, digest_files, first_problem
 from .run_log import logger
 from .stage_lock import is_locked, stage_lock
 
@@ -51,24 +52,23 @@ def stage_key(stage: str, version: str, config: Any, inputs: dict[str, str], ext
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class StageRecord:
-    """What a stage returns and Prefect persists: small and JSON-able."""
+    """What a stage returns, passes to the next and Prefect persists: which output, where, and
+    whether this run found it done (`cached`) rather than computing it."""
 
     stage: str
     key: str
     uri: str
+    cached: bool = False
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | bool]:
+        """The flat JSON object Prefect's record holds (prefect_records.check_record)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StageRecord":
+        return cls(data["stage"], data["key"], data["uri"], bool(data.get("cached", False)))
 
 
 class StoreError(RuntimeError):
@@ -302,12 +302,10 @@ class StageWriter:
         return name
 
     def commit(self, **info: Any) -> StageRecord:
-        files = {}
-        for path in sorted(p for p in self.dir.rglob("*") if p.is_file() or p.is_symlink()):
-            if path.is_symlink():
-                raise StoreError(f"{path}: a stage output may not contain symlinks")
-            rel = path.relative_to(self.dir).as_posix()
-            files[rel] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        try:
+            files = digest_files(self.dir)
+        except SymlinkError as e:
+            raise StoreError(f"{e.path}: a stage output may not contain symlinks") from None
         fs = self.store.fs
         for rel in files:
             dest = f"{self.uri}/{rel}"
@@ -355,18 +353,15 @@ def verify_output(store: Store, stage: str, key: str) -> tuple[dict[str, Any], P
     if manifest is None:
         raise StoreError(f"{stage} output {key} has no manifest in {store.url}: it was never finished")
     directory = store.local_dir(stage, key, manifest)
-    inside = directory.resolve()
-    for rel, meta in manifest["files"].items():
-        path = directory / rel
-        if path.is_symlink() or not path.resolve().is_relative_to(inside):
-            raise StoreError(f"{path} leads out of the stage output: refusing to read it")
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise StoreError(f"{path} is listed in the manifest but missing") from None
-        if size != meta["bytes"]:
-            raise StoreError(f"{path} has {size} bytes, the manifest says {meta['bytes']}")
-        if sha256_file(path) != meta["sha256"]:
-            raise StoreError(f"{path} does not match its manifest's sha256: the output was changed after it "
-                             f"was written; delete {store.stage_uri(stage, key)} to compute it again")
-    return manifest, directory
+    problem = first_problem(directory, manifest["files"])
+    if problem is None:
+        return manifest, directory
+    path = problem.path
+    if problem.kind == "outside":
+        raise StoreError(f"{path} leads out of the stage output: refusing to read it")
+    if problem.kind == "missing":
+        raise StoreError(f"{path} is listed in the manifest but missing")
+    if problem.kind == "bytes":
+        raise StoreError(f"{path} has {problem.actual} bytes, the manifest says {problem.expected}")
+    raise StoreError(f"{path} does not match its manifest's sha256: the output was changed after it "
+                     f"was written; delete {store.stage_uri(stage, key)} to compute it again")

@@ -14,15 +14,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import pipeline_config
+from helpers import pipeline_config
 from tokenweight.config import BfclRolesSource, ConfigError, parse_config
-from tokenweight.kernels.chat_encode import assistant_spans, encode_conversation
+from tokenweight.components.chat_encode import assistant_spans, encode_conversation
 from tokenweight.models import resolve_base_model
 from tokenweight.samples import Reject, Sample
 from tokenweight.sources.bfcl import read_bfcl
 from tokenweight.sources.bfcl_roles import AnswerRolesError, answer_roles, read_bfcl_roles, with_roles
 from tokenweight.store import Store
-from tokenweight.tasks.prepare import read_source, run_prepare, source_fingerprint
+from tokenweight.sources.registry import read_source, source_fingerprint
+from tokenweight.stage_protocol import run_stage
+from tokenweight.tasks.prepare import PREPARE
 
 SPOT_CHECK = ["simple_python", "multiple", "parallel", "live_simple"]
 
@@ -183,8 +185,8 @@ def test_config_source_and_fingerprint():
 def test_prepare_writes_unscored_tokens_as_minus_one_inside_the_mask(tiny_model_dir, tmp_path):
     cfg = pipeline_config(tiny_model_dir, tmp_path / "store",
                           {"kind": "bfcl_roles", "categories": ["simple_python"], "limit_per_category": 3})
-    record = run_prepare(cfg, resolve_base_model(cfg.model, Store(cfg.store)))
-    rows = [row for path in sorted(Path(record["uri"]).glob("part-*.parquet")) for row in pq.read_table(path).to_pylist()]
+    record = run_stage(PREPARE, cfg, Store(cfg.store), base=resolve_base_model(cfg.model, Store(cfg.store)))
+    rows = [row for path in sorted(Path(record.uri).glob("part-*.parquet")) for row in pq.read_table(path).to_pylist()]
     assert len(rows) == 3
     for row in rows:
         assert json.loads(row["meta"])["format"] == "bfcl"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tokenweight.evals.gsm_answer import extract_answer, normalize_number
+from tokenweight.evals.gsm_answer import extract_answer
 from tokenweight.samples import Reject, Sample
 from tokenweight.sources.gsm import (
     generate_gsm_problems,
@@ -18,6 +18,7 @@ from tokenweight.sources.gsm import (
     reasoning_gym_version,
     solution_text,
 )
+from tokenweight.sources.numbers import normalize_number
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokenweight.config import ConfigError, RolesSource, parse_config
-from tokenweight.kernels.chat_encode import assistant_spans, encode_conversation
+from tokenweight.components.chat_encode import assistant_spans, encode_conversation
 from tokenweight.role_report import role_table, suite_table
 from tokenweight.sources.role_suite import CONSTANT_RESULT_FIELDS, FORMATS, generate_role_suite
 from tokenweight.sources.synthetic import FAMILIES
-from tokenweight.tasks.prepare import read_source, source_fingerprint
+from tokenweight.sources.registry import read_source, source_fingerprint
 
 BY_FORMAT = {fmt: generate_role_suite(120, seed=3, format=fmt) for fmt in FORMATS}
 FAMILY = {f.name: f for f in FAMILIES}
@@ -417,10 +417,12 @@ def _fake_run(tmp_path, rows):
         out = store / stage / key
         out.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(table), out / "part-00000.parquet")
-    (store / "score" / "s1" / "_manifest.json").write_text(json.dumps({"config": {"disc_context": "foreign"}}))
+    (store / "score" / "s1" / "_manifest.json").write_text(json.dumps(
+        {"stage": "score", "key": "s1", "files": {}, "config": {"disc_context": "foreign"}}))
     weights = store / "weights" / "w1"
     weights.mkdir(parents=True)
-    (weights / "_manifest.json").write_text(json.dumps({"inputs": {"prepare": "p1", "score": "s1"}}))
+    (weights / "_manifest.json").write_text(json.dumps(
+        {"stage": "weights", "key": "w1", "files": {}, "inputs": {"prepare": "p1", "score": "s1"}}))
     return weights
 
 
@@ -484,7 +486,7 @@ def test_suite_table_chooses_each_setting_on_the_other_formats(tmp_path):
 
 
 def test_calibrated_margin_mirrors_the_negative_side_of_ld():
-    from tokenweight.kernels.token_weights import calibrated_margin
+    from tokenweight.components.token_weights import calibrated_margin
 
     rng = np.random.default_rng(0)
     noise = rng.normal(0.0, 0.2, 20000)

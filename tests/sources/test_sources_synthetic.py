@@ -6,9 +6,10 @@ from string import Formatter
 
 import pytest
 
+from helpers import write_synthetic_jsonl
 from tokenweight.samples import Sample
 from tokenweight.sources.chat_files import read_chat_file
-from tokenweight.sources.synthetic import FAMILIES, generate_synthetic, write_synthetic_jsonl
+from tokenweight.sources.synthetic import FAMILIES, generate_synthetic
 from tokenweight.sources.tools_text import format_calls
 
 SAMPLES = generate_synthetic(300, seed=11)

@@ -2,17 +2,19 @@
 
 `extract_answer` looks, in order, for the last `The answer is X` (the form our training
 solutions end with), the last `#### X` (GSM8K's own answer line), the last `\\boxed{X}`, and
-otherwise takes the last number anywhere in the text. Numbers are returned in one canonical
-form (`normalize_number`): no `$`, thousands commas, `%` or trailing `.`; integral values
-without a fractional part (`12.0` -> `12`); other decimals without trailing zeros
-(`12.50` -> `12.5`). `answers_match` compares two answers as exact fractions.
+otherwise takes the last number anywhere in the text. Numbers are returned in the canonical
+form the GSM sources write their answers in (`normalize_number`, from sources/numbers.py): no
+`$`, thousands commas, `%` or trailing `.`; integral values without a fractional part
+(`12.0` -> `12`); other decimals without trailing zeros (`12.50` -> `12.5`). `answers_match`
+compares two answers as exact fractions.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+
+from tokenweight.sources.numbers import normalize_number
 
 # A number as it appears in text: an optional sign right before it (or before its `$`/`\$`),
 # digits with commas only as thousands separators, an optional fraction. `(?<![\w.])` keeps us
@@ -23,32 +25,12 @@ _NUMBER = re.compile(
     r"(?<![\w.])(?P<sign>[-−]?)(?:\\?\$\s?)?(?P<sign2>[-−]?)"
     r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?!\d)"
 )
-# The whole of a string that normalize_number accepts, once `$`, `%`, spaces and a trailing `.`
-# are stripped.
-_WHOLE_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
 _ANSWER_IS = re.compile(r"\banswer\s+is\b", re.IGNORECASE)
 _HASHES = re.compile(r"####")
 # Right after `answer is` / `####`, a dash before the number is its sign even when spaced out
 # (oe-eval's GSM8K chain-of-thought texts end `So the answer is - 10.`).
 _SPACED_SIGN = re.compile(r"[\s:*]*[-−]\s+(?=(?:\\?\$\s?)?\d)")
 _BOXED = re.compile(r"\\boxed\s*\{")
-
-
-def normalize_number(text: str) -> str | None:
-    """`" $1,234.50 "` -> `"1234.5"`, `"12.0"` -> `"12"`, `"-3"` -> `"-3"`; None if not a number.
-
-    The whole string must be one number, optionally with `$` (or `\\$`), a trailing `%` or `.`,
-    and surrounding spaces.
-    """
-    value = text.strip().replace("−", "-").replace("\\$", "").replace("$", "")
-    value = value.rstrip(".").rstrip("%").strip()
-    if not _WHOLE_NUMBER.fullmatch(value):
-        return None
-    try:
-        number = Decimal(value.replace(",", ""))
-    except InvalidOperation:
-        return None
-    return _canonical(number)
 
 
 def extract_answer(text: str) -> str | None:
@@ -80,13 +62,6 @@ def answers_match(predicted_text: str, gold: str) -> bool:
     if predicted is None or expected is None:
         return False
     return Fraction(predicted) == Fraction(expected)
-
-
-def _canonical(number: Decimal) -> str:
-    if number == number.to_integral_value():
-        return str(int(number))  # also turns -0 into 0
-    # normalize() drops trailing zeros; format "f" keeps it out of exponent notation.
-    return format(number.normalize(), "f")
 
 
 def _from_match(match: re.Match) -> str | None:

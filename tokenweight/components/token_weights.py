@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 
-METHODS = ("rft", "uniform")
+WEIGHT_METHODS = ("rft", "uniform")
 # Characters that make up a word, values included: identifiers, numbers, dates, times, e-mails,
 # paths. Quotes, brackets, `=`, `,` and spaces end a word; so does a connector at a word's end.
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@/:")
@@ -198,4 +198,4 @@ def sample_weights(method: str, loss_base: np.ndarray, classes: np.ndarray, loss
         return rft_static_weights(loss_base, classes, tau)
     if method == "uniform":
         return uniform_weights(loss_mask)
-    raise ValueError(f"unknown weight method {method!r}; valid: {', '.join(METHODS)}")
+    raise ValueError(f"unknown weight method {method!r}; valid: {', '.join(WEIGHT_METHODS)}")

@@ -86,3 +86,9 @@ def _stop_ids(tokenizer) -> list[int]:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
             ids.add(tid)
     return sorted(i for i in ids if i is not None)
+
+
+def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The conversation up to (not including) its last assistant turn, ready for generation."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)

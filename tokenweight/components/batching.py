@@ -25,14 +25,25 @@ def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
     return batches
 
 
-def pad_batch(rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad_id: int):
-    """Right-padded (input_ids, attention_mask, loss_mask) tensors for a batch of rows."""
+def pad_batch(
+    rows: Sequence[Sequence[int]],
+    masks: Sequence[Sequence[int]],
+    pad_id: int,
+    *columns: tuple[Sequence[Sequence[float]], torch.dtype],
+) -> tuple[torch.Tensor, ...]:
+    """Right-padded (input_ids, attention_mask, loss_mask) tensors for a batch of rows, then one
+    tensor per extra `(values of each row, dtype)` column (a token class, a weight): the one place
+    token rows are padded. Padding is pad_id in input_ids and 0 everywhere else."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, (r, m) in enumerate(zip(rows, masks)):
+    for b, r in enumerate(rows):
         ids[b, : len(r)] = torch.as_tensor(r, dtype=torch.long)
         attn[b, : len(r)] = 1
-        loss_mask[b, : len(m)] = torch.as_tensor(m, dtype=torch.long)
-    return ids, attn, loss_mask
+    padded = [ids, attn]
+    for values, dtype in ((masks, torch.long), *columns):
+        column = torch.zeros((len(rows), width), dtype=dtype)
+        for b, v in enumerate(values):
+            column[b, : len(v)] = torch.as_tensor(v, dtype=dtype)
+        padded.append(column)
+    return tuple(padded)

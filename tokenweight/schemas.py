@@ -1,0 +1,82 @@
+"""The Parquet schemas of every stage's data files, in one place (DESIGN.md's shard schema).
+
+A stage that reads another's files, or carries its columns on (the weights stage carries the
+prepared sample's columns into the weighted dataset), imports the schema from here, never from
+the other stage's module.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# The sample's columns, written by prepare and carried unchanged into the weighted dataset.
+SAMPLE_FIELDS = [
+    ("id", pa.string()),
+    ("split", pa.string()),
+    ("text", pa.string()),
+    ("input_ids", pa.list_(pa.int32())),
+    ("offsets", pa.list_(pa.list_(pa.int32()))),
+    ("loss_mask", pa.list_(pa.int8())),
+]
+
+# prepare: `part-*.parquet`
+PREPARED = pa.schema(
+    [
+        *SAMPLE_FIELDS,
+        ("role_truth", pa.list_(pa.int8())),  # null unless the source knows the token roles
+        ("messages", pa.string()),  # JSON, for the shuffle stage to re-pair
+        ("meta", pa.string()),  # JSON
+    ]
+)
+
+# shuffle: `shuffled.parquet` and `matched.parquet`
+SHUFFLED = pa.schema(
+    [
+        ("id", pa.string()),
+        ("output_from", pa.string()),  # id of the sample whose assistant turns this row carries
+        ("text", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("loss_mask", pa.list_(pa.int8())),
+        ("fold", pa.int8()),  # the part of the train split the sample (and its donor) come from
+    ]
+)
+
+# score: `part-*.parquet`, rows in the order of the prepared shard of the same index
+SCORES = pa.schema(
+    [
+        ("id", pa.string()),
+        ("loss_base", pa.list_(pa.float32())),
+        ("loss_disc", pa.list_(pa.float32())),
+        ("loss_control", pa.list_(pa.float32())),  # null when the reference is the base model
+        ("scored_by", pa.int8()),  # the fold whose discriminator (and control) scored the row
+    ]
+)
+
+# weights: `part-*.parquet`, the weighted dataset (DESIGN.md's shard schema)
+WEIGHTED = pa.schema(
+    [
+        *SAMPLE_FIELDS,
+        ("loss_base", pa.list_(pa.float32())),
+        ("loss_disc", pa.list_(pa.float32())),
+        ("loss_ref", pa.list_(pa.float32())),
+        ("token_class", pa.list_(pa.int8())),
+        ("weight", pa.list_(pa.float32())),
+    ]
+)
+
+# eval: `predictions.parquet`, one row per eval sample
+PREDICTIONS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("task", pa.string()),  # bfcl:<category> | gsm8k | none
+        ("prediction", pa.string()),
+        ("correct", pa.bool_()),  # null where the sample has nothing to check against
+        ("error", pa.string()),
+        ("gold", pa.string()),
+        ("new_tokens", pa.int32()),
+        ("loss_boilerplate_sum", pa.float64()),
+        ("boilerplate_tokens", pa.int32()),
+        ("loss_reasoning_sum", pa.float64()),
+        ("reasoning_tokens", pa.int32()),
+    ]
+)
