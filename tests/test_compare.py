@@ -1,6 +1,7 @@
 """`compare` end to end on the tiny model under a real Prefect: shared stages, arms, eval, table."""
 
 import json
+import math
 from pathlib import Path
 
 import polars as pl
@@ -115,3 +116,35 @@ def test_a_new_arm_reuses_the_other_arms(compare_run, tiny_model_dir):
     assert again["finetune"]["sft"].cached and again["finetune"]["rft"].cached
     assert not again["finetune"]["rft-tau1"].cached
     assert again["compare"].key != first["compare"].key
+
+
+def test_token_level_methods_run_as_arms_with_their_own_weights_stage(compare_run, tiny_model_dir):
+    """dft (a loss), rho1 and prefix (weight columns, trained with `weighted`) beside sft, on the
+    shared stages: only the arms' own weights stages and fine-tunes run."""
+    from tokenweight.flows.compare import compare
+
+    cfg, store, first = compare_run
+    arms = [{"name": "sft", "finetune": {"method": "sft"}},
+            {"name": "dft", "finetune": {"method": "dft"}},
+            {"name": "rho1", "weights": {"method": "rho1", "rho1_top_share": 0.5}, "finetune": {"method": "weighted"}},
+            {"name": "prefix", "weights": {"method": "prefix", "prefix_tokens": 4}, "finetune": {"method": "weighted"}}]
+    cfg2 = pipeline_config(tiny_model_dir, store, source=BFCL, prepare={"eval_share": 0.3},
+                           compare={"bootstrap": 200, "arms": arms})
+    got = compare(cfg2)
+    assert all(r.cached for r in got["shared"].values()) and got["finetune"]["sft"].cached
+    assert set(got["weights"]) == {"rho1", "prefix"}
+    assert len({got["weights"]["rho1"].key, got["weights"]["prefix"].key, first["shared"]["weights"].key}) == 3
+    dft_manifest = json.loads(Path(got["finetune"]["dft"].uri, "_manifest.json").read_text())
+    assert dft_manifest["inputs"]["prepare"] == first["shared"]["prepare"].key  # dft needs no SHAD output
+    rho1 = pl.read_parquet(f"{got['weights']['rho1'].uri}/part-*.parquet")
+    shared = pl.read_parquet(f"{first['shared']['weights'].uri}/part-*.parquet")
+    assert rho1["token_class"].to_list() == shared["token_class"].to_list()  # the classes stay SHAD's
+    for mask, weight in zip(rho1["loss_mask"].to_list(), rho1["weight"].to_list()):
+        assert sum(w > 0 for w in weight) == math.ceil(0.5 * sum(mask))
+    for name in ("rho1", "prefix"):
+        manifest = json.loads(Path(got["finetune"][name].uri, "_manifest.json").read_text())
+        assert manifest["inputs"]["weights"] == got["weights"][name].key
+        eval_manifest = json.loads(Path(got["eval"][name].uri, "_manifest.json").read_text())
+        assert eval_manifest["inputs"]["weights"] == first["shared"]["weights"].key  # classes for held-out loss
+    rows = {r["arm"] for r in json.loads(Path(got["compare"].uri, "table.json").read_text())["rows"]}
+    assert rows == {"base", "sft", "dft", "rho1", "prefix"}

@@ -95,7 +95,7 @@ def test_class_means_count_each_class_per_sample():
                 assert means[s, c].item() == pytest.approx(losses[sel].mean().item())
 
 
-@pytest.mark.parametrize("method", ["sft", "weighted", "rft"])
+@pytest.mark.parametrize("method", ["sft", "weighted", "rft", "dft"])
 def test_split_batches_with_one_window_normaliser_equal_the_whole_batch(method):
     """Two micro-batches, each divided by the window's normaliser, sum to the one-batch loss."""
     losses, classes, index, n = _batch(seed=3)
@@ -111,5 +111,24 @@ def test_split_batches_with_one_window_normaliser_equal_the_whole_batch(method):
 
 def test_unknown_method_is_an_error():
     losses, classes, index, n = _batch()
-    with pytest.raises(ValueError, match="unknown fine-tune method 'dft'"):
-        loss_sum("dft", losses, classes, losses, index, n, 1.0)
+    with pytest.raises(ValueError, match="unknown fine-tune method 'asft'"):
+        loss_sum("asft", losses, classes, losses, index, n, 1.0)
+
+
+def test_dft_on_uniform_logits_over_two_tokens_is_half_the_cross_entropy_and_half_its_gradient():
+    logits = torch.zeros(5, 2, requires_grad=True)
+    targets = torch.tensor([0, 1, 1, 0, 1])
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    dft = loss_sum("dft", ce, None, None, None, 5, 1.0) / normaliser("dft", 5, 0.0, 5)
+    assert dft.item() == pytest.approx(0.5 * math.log(2), rel=1e-6)
+    (grad_dft,) = torch.autograd.grad(dft, logits, retain_graph=True)
+    (grad_sft,) = torch.autograd.grad(ce.mean(), logits)
+    assert torch.allclose(grad_dft, 0.5 * grad_sft, atol=1e-7)  # p is a constant to the gradient
+
+
+def test_dft_weighs_each_token_by_its_detached_probability():
+    losses = torch.tensor([0.1, 2.0, 5.0], requires_grad=True)
+    total = loss_sum("dft", losses, None, None, None, 1, 1.0)
+    assert total.item() == pytest.approx(sum(math.exp(-x) * x for x in (0.1, 2.0, 5.0)), rel=1e-6)
+    (grad,) = torch.autograd.grad(total, losses)
+    assert grad.tolist() == pytest.approx([math.exp(-x) for x in (0.1, 2.0, 5.0)], rel=1e-6)

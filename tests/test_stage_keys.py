@@ -65,9 +65,16 @@ FIELDS = [(section, field) for section in SECTIONS
           for field in type(getattr(PipelineConfig(), section)).model_fields]
 
 
+# Parameters of one method, part of the key only when that method is chosen (WeightsConfig.key_settings).
+METHOD_PARAMETERS = {("weights", "rho1_top_share"): "rho1", ("weights", "prefix_tokens"): "prefix"}
+
+
 @pytest.mark.parametrize("section,field", FIELDS, ids=[f"{s}.{f}" for s, f in FIELDS])
 def test_every_config_field_is_in_its_stage_key_and_no_earlier_one(tiny_model_dir, tmp_path, data_file, section, field):
     cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
+    if (section, field) in METHOD_PARAMETERS:  # a method's own parameter is keyed under that method
+        method = METHOD_PARAMETERS[(section, field)]
+        cfg = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update={"method": method})})
     # model_copy does not validate: any distinct value shows whether the field reaches the key;
     # a source must be a real one, whose content the key can fingerprint.
     value = SyntheticSource(n=7) if field in ("source", "eval_source") else "changed-for-the-test"
@@ -155,3 +162,10 @@ def test_prepare_key_of_a_missing_file_is_a_prepare_error(tiny_model_dir, tmp_pa
     base = resolve_base_model(cfg.model, Store(cfg.store))
     with pytest.raises(PrepareError, match="gone.jsonl: data file not found"):
         spec("prepare").key(cfg, base=base)
+
+
+@pytest.mark.parametrize("field,method", [("rho1_top_share", "rho1"), ("prefix_tokens", "prefix")])
+def test_a_method_parameter_is_not_in_the_key_of_another_method(tiny_model_dir, tmp_path, data_file, field, method):
+    cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
+    edited = cfg.model_copy(update={"weights": cfg.weights.model_copy(update={field: 0.123})})
+    assert keys_to_eval(edited) == keys_to_eval(cfg)  # method rft: the parameter changes nothing

@@ -17,6 +17,8 @@ from tokenweight.components.token_weights import (
     sample_weights,
     token_classes,
     group_max,
+    prefix_weights,
+    rho1_weights,
     uniform_weights,
     value_groups,
     word_groups,
@@ -110,6 +112,39 @@ def test_sample_weights_dispatch():
     assert sample_weights("uniform", loss, classes, mask, 1.0).tolist() == [0, 0.5, 0.5]
     w = sample_weights("rft", loss, classes, mask, 1.0)
     assert w.tolist() == pytest.approx([0, *softmax2(1.0, 3.0, 1.0)])
+    ref = np.array([0, 0.0, 0.5], dtype=np.float32)
+    assert sample_weights("rho1", loss, classes, mask, 1.0, ref, top_share=0.5).tolist() == [0, 0, 1.0]
+    assert sample_weights("prefix", loss, classes, mask, 1.0, prefix_tokens=1).tolist() == [0, 1.0, 0]
+    with pytest.raises(ValueError, match="rho1 needs a reference"):
+        sample_weights("rho1", loss, classes, mask, 1.0)
+
+
+@pytest.mark.parametrize("top_share", [0.01, 0.3, 0.5, 0.6, 1.0])
+def test_rho1_selects_exactly_ceil_k_percent_of_the_target_tokens_with_the_highest_excess_loss(top_share):
+    rng = np.random.default_rng(7)
+    mask = (rng.random(57) < 0.7).astype(np.int8)
+    loss_base, loss_ref = rng.random(57).astype(np.float32) * 4, rng.random(57).astype(np.float32) * 4
+    weight = rho1_weights(loss_base, loss_ref, mask, top_share)
+    n = int(mask.sum())
+    k = math.ceil(top_share * n)
+    chosen = np.flatnonzero(weight)
+    assert len(chosen) == k and np.all(mask[chosen] == 1)
+    assert weight[chosen] == pytest.approx(np.full(k, 1 / k))
+    excess = loss_base - loss_ref
+    left_out = np.flatnonzero((mask == 1) & (weight == 0))
+    if len(left_out):
+        assert excess[chosen].min() >= excess[left_out].max()
+
+
+def test_prefix_weighs_exactly_the_first_k_target_tokens_of_every_turn():
+    # three assistant turns of 5, 2 and 4 target tokens, with prompt and tool tokens between
+    mask = np.array([0, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 0], dtype=np.int8)
+    weight = prefix_weights(mask, 3)
+    expected = np.zeros(len(mask), bool)
+    expected[[2, 3, 4, 9, 10, 12, 13, 14]] = True
+    assert np.array_equal(weight > 0, expected)
+    assert weight[expected] == pytest.approx(np.full(8, 1 / 8))
+    assert prefix_weights(np.zeros(4, np.int8), 3).tolist() == [0, 0, 0, 0]
 
 
 @st.composite
@@ -132,7 +167,7 @@ def samples(draw):
 def test_weights_property_and_parquet_round_trip(tmp_path, sample):
     mask, loss_base, loss_disc, loss_ref, margin, tau, method = sample
     classes = token_classes(loss_disc, loss_ref, mask, margin)
-    weight = sample_weights(method, loss_base, classes, mask, tau)
+    weight = sample_weights(method, loss_base, classes, mask, tau, loss_ref)
     assert weight.dtype == np.float32 and weight.shape == mask.shape
     assert np.all(np.isfinite(weight)) and np.all(weight >= 0)
     assert np.all(weight[mask == 0] == 0)
@@ -282,7 +317,7 @@ def test_real_tokens_to_weights_to_a_shard_and_back(smol_tokenizer, tmp_path, us
     losses = [(rng.gamma(1.0, 2.0, n) * mask).astype(np.float32) for _ in range(3)]
     groups = class_groups(enc.text, enc.offsets, mask, granularity)
     classes = token_classes(losses[1], losses[2], mask, 0.1, groups)
-    weight = sample_weights(method, losses[0], classes, mask, 3.0)
+    weight = sample_weights(method, losses[0], classes, mask, 3.0, losses[2])
     row = {"id": f"s-{seed}", "split": "train", "text": enc.text, "input_ids": enc.input_ids,
            "offsets": [list(o) for o in enc.offsets], "loss_mask": mask, "loss_base": losses[0],
            "loss_disc": losses[1], "loss_ref": losses[2], "token_class": classes, "weight": weight}

@@ -58,7 +58,7 @@ class _Grads(TrainerCallback):
         self.grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("method", ["sft", "rft", "weighted"])
+@pytest.mark.parametrize("method", ["sft", "rft", "weighted", "dft"])
 def test_accumulating_micro_batches_equals_one_large_batch(method, tiny_model_dir, smol_tokenizer, tmp_path):
     """batch 2 x accumulate 2 gives the gradient of batch 4 x accumulate 1."""
     rows = _rows(smol_tokenizer, 4)
@@ -70,9 +70,12 @@ def test_accumulating_micro_batches_equals_one_large_batch(method, tiny_model_di
         assert info["steps"] == 1
         grads[name] = probe.grads
     assert grads["whole"].keys() == grads["accumulated"].keys()
-    assert max(g.abs().max().item() for g in grads["whole"].values()) > 1e-3
+    # A random tiny model gives each target token p ~ 1/vocab, so DFT's gradients are ~1e-5 of sft's:
+    # the comparison is relative to the largest gradient.
+    largest = max(g.abs().max().item() for g in grads["whole"].values())
+    assert largest > (1e-7 if method == "dft" else 1e-3)
     for k, g in grads["whole"].items():
-        assert torch.allclose(grads["accumulated"][k], g, atol=1e-7, rtol=1e-4), k
+        assert torch.allclose(grads["accumulated"][k], g, atol=min(1e-7, 1e-4 * largest), rtol=1e-4), k
 
 
 def test_logs_carry_class_losses_and_throughput(tiny_model_dir, smol_tokenizer, tmp_path):

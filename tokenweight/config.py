@@ -195,11 +195,19 @@ class ScoreConfig(_Strict):
 class WeightsConfig(_Strict):
     """Classes from LD and the per-token `weight` column."""
 
-    method: Literal["rft", "uniform"] = Field(
+    method: Literal["rft", "uniform", "rho1", "prefix"] = Field(
         "rft",
-        description="`rft`: w_b/n_b on boilerplate, w_r/n_r on reasoning, (w_b, w_r) = "
-        "softmax([L_b, L_r]/tau) at the base model's losses; `uniform`: 1/n on every target token.",
+        description="The `weight` column (each sample's weights sum to 1). `rft`: w_b/n_b on boilerplate, "
+        "w_r/n_r on reasoning, (w_b, w_r) = softmax([L_b, L_r]/tau) at the base model's losses; `uniform`: 1/n "
+        "on every target token; `rho1`: 1/k on the k = ceil(rho1_top_share * n) tokens with the largest excess "
+        "loss (base minus the matched control; Rho-1); `prefix`: equal weight on the first `prefix_tokens` "
+        "target tokens of each assistant turn (UPFT's prefix). Train on it with `finetune.method: weighted`; "
+        "`token_class` is SHAD's whatever the method.",
     )
+    rho1_top_share: float = Field(0.6, gt=0, le=1, description="`rho1`: the share of each sample's target tokens "
+                                  "that gets weight (Rho-1 trains on 60-70%). Part of the key only for rho1.")
+    prefix_tokens: int = Field(8, ge=1, description="`prefix`: the leading target tokens of each assistant turn "
+                               "that get weight. Part of the key only for prefix.")
     margin: float | Literal["auto"] = Field(
         1.0,
         description="Reasoning where LD = loss_disc - loss_ref > margin (nats); 1.0 was chosen on the role "
@@ -218,15 +226,26 @@ class WeightsConfig(_Strict):
     top_tokens: int = Field(20, ge=1, description="How many frequent tokens per class summary.json lists.")
     report_samples: int = Field(200, ge=0, description="How many samples report.html shows (the first ones, in shard order).")
 
+    def key_settings(self) -> dict[str, Any]:
+        """The settings the weights stage's key holds: a method's own parameters only when it is
+        the method (they change nothing otherwise, and a store made before they existed stays valid)."""
+        data = self.model_dump(mode="json")
+        for name, method in (("rho1_top_share", "rho1"), ("prefix_tokens", "prefix")):
+            if self.method != method:
+                del data[name]
+        return data
+
 
 class FinetuneConfig(_Strict):
     """Fine-tune the base model on the train split with a token-level loss (transformers Trainer)."""
 
-    method: Literal["sft", "rft", "weighted"] = Field(
+    method: Literal["sft", "rft", "weighted", "dft"] = Field(
         "rft",
         description="`sft`: mean cross-entropy over target tokens; `rft`: per sample softmax([L_b, L_r]/tau)-"
         "weighted class means, recomputed at every step; `weighted`: sum(weight * loss) / sum(weight) over "
-        "each accumulation window, with the weights stage's `weight` column.",
+        "each accumulation window, with the weights stage's `weight` column; `dft`: each token's loss times "
+        "its probability under the current model (detached), averaged over target tokens (DFT). sft and dft "
+        "read the prepared data, so no SHAD setting reaches their key.",
     )
     tau: float = Field(3.0, gt=0, description="RFT temperature (the paper: 1/tau in 0.2..0.5).")
     epochs: float = Field(1.0, gt=0, description="Passes over the train split.")
@@ -261,10 +280,14 @@ class EvalConfig(_Strict):
 
 
 class ArmConfig(_Strict):
-    """One arm of `tokenweight compare`: a name and what it changes in the finetune section."""
+    """One arm of `tokenweight compare`: a name and what it changes in the finetune and weights sections."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Row label, e.g. `rft-tau2`.")
     finetune: dict[str, Any] = Field(default_factory=dict, description="Overrides of the finetune section.")
+    weights: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the weights section (e.g. `{method: rho1}` with "
+        "`finetune: {method: weighted}`): the arm gets its own weights stage, everything before it stays shared, "
+        "and its held-out class losses still use the shared run's classes.")
 
 
 class CompareConfig(_Strict):
@@ -297,9 +320,10 @@ class PipelineConfig(_Strict):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
     def arm(self, arm: ArmConfig) -> "PipelineConfig":
-        """This config with the arm's finetune overrides applied."""
+        """This config with the arm's finetune and weights overrides applied."""
         finetune = FinetuneConfig.model_validate({**self.finetune.model_dump(), **arm.finetune})
-        return self.model_copy(update={"finetune": finetune})
+        weights = WeightsConfig.model_validate({**self.weights.model_dump(), **arm.weights})
+        return self.model_copy(update={"finetune": finetune, "weights": weights})
 
     @model_validator(mode="after")
     def _check_arms(self) -> "PipelineConfig":
@@ -309,11 +333,12 @@ class PipelineConfig(_Strict):
         if self.compare.baseline not in names:
             raise ValueError(f"compare.baseline {self.compare.baseline!r} is not one of the arms {names}")
         for arm in self.compare.arms:
-            try:
-                self.arm(arm)
-            except ValidationError as err:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-                raise ValueError(f"compare.arms[{arm.name}].finetune: {problems}") from None
+            for name, section in (("finetune", FinetuneConfig), ("weights", WeightsConfig)):
+                try:
+                    section.model_validate({**getattr(self, name).model_dump(), **getattr(arm, name)})
+                except ValidationError as err:
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                    raise ValueError(f"compare.arms[{arm.name}].{name}: {problems}") from None
         return self
 
 

@@ -1,4 +1,4 @@
-"""The fine-tune losses as pure functions of per-token losses: sft, rft and weighted.
+"""The fine-tune losses as pure functions of per-token losses: sft, rft, weighted and dft.
 
 Each returns a *sum* and each method has its own normaliser, so that a gradient-accumulation
 window (or several devices) divides one sum by one total and gets exactly the loss of the whole
@@ -6,6 +6,8 @@ window as one batch:
 
 - `sft`: sum of target-token losses / number of target tokens;
 - `weighted`: sum of weight * loss / sum of weights;
+- `dft`: sum of p * loss / number of target tokens, p = exp(-loss) the token's probability under
+  the current model, detached (Dynamic Fine-Tuning, arXiv 2508.05629);
 - `rft`: sum over samples of w_b*L_b + w_r*L_r / number of samples, where L_b and L_r are the
   sample's mean losses over boilerplate and reasoning tokens and (w_b, w_r) =
   softmax([L_b, L_r] / tau), detached, recomputed from the current losses at every step.
@@ -19,11 +21,18 @@ from __future__ import annotations
 
 import torch
 
-FINETUNE_METHODS = ("sft", "rft", "weighted")
+FINETUNE_METHODS = ("sft", "rft", "weighted", "dft")
+# The methods that read the weights stage's token_class or weight (the others need only the data).
+WEIGHTED_METHODS = ("rft", "weighted")
 
 
 def sft_sum(losses: torch.Tensor) -> torch.Tensor:
     return losses.sum()
+
+
+def dft_sum(losses: torch.Tensor) -> torch.Tensor:
+    """DFT's numerator: each token's loss scaled by its probability, which gets no gradient."""
+    return (torch.exp(-losses.detach()) * losses).sum()
 
 
 def weighted_sum(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -66,9 +75,11 @@ def loss_sum(method: str, losses, classes, weights, sample_index, n_samples: int
         return weighted_sum(losses, weights)
     if method == "rft":
         return rft_sum(losses, classes, sample_index, n_samples, tau)
+    if method == "dft":
+        return dft_sum(losses)
     raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(FINETUNE_METHODS)}")
 
 
 def normaliser(method: str, target_tokens: int, weight_sum: float, samples: int) -> float:
     """The denominator of `method`'s loss over a whole accumulation window."""
-    return {"sft": target_tokens, "weighted": weight_sum, "rft": samples}[method]
+    return {"sft": target_tokens, "dft": target_tokens, "weighted": weight_sum, "rft": samples}[method]

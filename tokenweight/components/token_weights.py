@@ -20,10 +20,12 @@ spreads an LD that is there.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
-WEIGHT_METHODS = ("rft", "uniform")
+WEIGHT_METHODS = ("rft", "uniform", "rho1", "prefix")
 # Characters that make up a word, values included: identifiers, numbers, dates, times, e-mails,
 # paths. Quotes, brackets, `=`, `,` and spaces end a word; so does a connector at a word's end.
 _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@/:")
@@ -193,9 +195,47 @@ def uniform_weights(loss_mask: np.ndarray) -> np.ndarray:
     return weight
 
 
-def sample_weights(method: str, loss_base: np.ndarray, classes: np.ndarray, loss_mask: np.ndarray, tau: float):
+def rho1_weights(loss_base: np.ndarray, loss_ref: np.ndarray, loss_mask: np.ndarray, top_share: float) -> np.ndarray:
+    """Rho-1's selection (arXiv 2404.07965) within one sample: the ceil(top_share * n) target
+    tokens with the largest excess loss `loss_base - loss_ref` (ties to the earlier token) get
+    1/k each, the others 0. The reference is a model tuned on the data (the matched control): a
+    token the base finds hard and the reference learned is one worth training on."""
+    weight = np.zeros(len(loss_mask), dtype=np.float32)
+    targets = np.flatnonzero(loss_mask == 1)
+    k = math.ceil(top_share * len(targets) - 1e-9)
+    if k:
+        excess = (np.asarray(loss_base, np.float64) - np.asarray(loss_ref, np.float64))[targets]
+        chosen = targets[np.argsort(-excess, kind="stable")[:k]]
+        weight[chosen] = 1.0 / k
+    return weight
+
+
+def prefix_weights(loss_mask: np.ndarray, prefix_tokens: int) -> np.ndarray:
+    """The first `prefix_tokens` target tokens of each assistant turn (each run of target tokens)
+    share the sample's weight equally, the rest 0: the prefix idea of UPFT (arXiv 2503.02875),
+    on the data's own answers rather than the model's sampled ones."""
+    weight = np.zeros(len(loss_mask), dtype=np.float32)
+    run = 0
+    for t, m in enumerate(loss_mask):
+        run = run + 1 if m else 0
+        if m and run <= prefix_tokens:
+            weight[t] = 1.0
+    total = weight.sum(dtype=np.float64)
+    return (weight / total).astype(np.float32) if total else weight
+
+
+def sample_weights(method: str, loss_base: np.ndarray, classes: np.ndarray, loss_mask: np.ndarray, tau: float,
+                   loss_ref: np.ndarray | None = None, top_share: float = 0.6, prefix_tokens: int = 8) -> np.ndarray:
+    """One sample's `weight` column by `method`; each sums to 1 over the sample's target tokens
+    (0 elsewhere), so `finetune.method: weighted` gives every sample the same say."""
     if method == "rft":
         return rft_static_weights(loss_base, classes, tau)
     if method == "uniform":
         return uniform_weights(loss_mask)
+    if method == "rho1":
+        if loss_ref is None:
+            raise ValueError("weights.method rho1 needs a reference model's losses (discriminator.reference: control)")
+        return rho1_weights(loss_base, loss_ref, loss_mask, top_share)
+    if method == "prefix":
+        return prefix_weights(loss_mask, prefix_tokens)
     raise ValueError(f"unknown weight method {method!r}; valid: {', '.join(WEIGHT_METHODS)}")

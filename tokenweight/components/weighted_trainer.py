@@ -1,4 +1,4 @@
-"""Token-weighted fine-tuning on the transformers Trainer: sft, rft or a per-token weight column.
+"""Token-weighted fine-tuning on the transformers Trainer: sft, dft, rft or a per-token weight column.
 
 The Trainer brings checkpoints, resume after a crash (model, optimizer, scheduler, RNG and the
 position in the epoch), warmup + cosine schedules, mixed precision and multi-device runs. This
@@ -81,7 +81,7 @@ def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
 
 
 class WeightedLossTrainer(Trainer):
-    """A Trainer whose loss is `method` (sft | rft | weighted) over target tokens.
+    """A Trainer whose loss is `method` (sft | dft | rft | weighted) over target tokens.
 
     Pass `data_collator=partial(collate, pad_id=...)` and `remove_unused_columns=False`.
     `mid_checkpoint`, if given, is called while a checkpoint is half saved (its weights written,

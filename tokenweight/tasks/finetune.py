@@ -1,7 +1,7 @@
-"""finetune: train the base model on the train split with sft, rft or the `weight` column.
+"""finetune: train the base model on the train split with sft, dft, rft or the `weight` column.
 
-`sft` reads the prepared shards (so its output does not depend on any SHAD setting); `rft` and
-`weighted` read the weights stage's shards for `token_class` and `weight`. Training runs on the
+`sft` and `dft` read the prepared shards (so their output depends on no SHAD setting); `rft`
+and `weighted` read the weights stage's shards for `token_class` and `weight`. Training runs on the
 transformers Trainer (components/trainer_setup.py); its checkpoints live in the stage's work
 directory, so a run that crashes resumes from its last checkpoint when started again with the
 same key. The model is saved as safetensors in `model/`, the Trainer's log in `log_history.json`.
@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..components.finetune_losses import WEIGHTED_METHODS
 from ..components.trainer_setup import train_model, train_rows
 from ..config import PipelineConfig
 from ..device_policy import placement
@@ -25,14 +26,14 @@ from ..store import StageRecord
 
 
 def _source(cfg: PipelineConfig, prepared: StageRecord, weighted: StageRecord) -> StageRecord:
-    """sft trains on the prepared rows, every other method on the weighted ones."""
-    return prepared if cfg.finetune.method == "sft" else weighted
+    """rft and weighted train on the weighted rows (classes, weights), sft and dft on the prepared ones."""
+    return weighted if cfg.finetune.method in WEIGHTED_METHODS else prepared
 
 
 def _inputs(cfg: PipelineConfig, prepared: StageRecord, weighted: StageRecord, base: ModelRef) -> dict[str, str]:
-    if cfg.finetune.method == "sft":
-        return {"prepare": prepared.key, "base_model": base.key}
-    return {"weights": weighted.key, "base_model": base.key}
+    if cfg.finetune.method in WEIGHTED_METHODS:
+        return {"weights": weighted.key, "base_model": base.key}
+    return {"prepare": prepared.key, "base_model": base.key}
 
 
 class _CrashPoints(TrainerCallback):
@@ -44,7 +45,7 @@ class _CrashPoints(TrainerCallback):
 
 def _work(run: StageRun, prepared: StageRecord, weighted: StageRecord, base: ModelRef) -> dict[str, Any]:
     fc = run.cfg.finetune
-    rows = train_rows(run.input_dir(_source(run.cfg, prepared, weighted)), with_weights=fc.method != "sft")
+    rows = train_rows(run.input_dir(_source(run.cfg, prepared, weighted)), with_weights=fc.method in WEIGHTED_METHODS)
     logger().info("finetune[%s]: %d train samples, %d target tokens", fc.method, len(rows),
                   sum(sum(r["loss_mask"]) for r in rows))
     place = placement(run.cfg.device)

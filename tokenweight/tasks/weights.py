@@ -27,7 +27,7 @@ from ..run_log import logger
 from ..schemas import SAMPLE_FIELDS, WEIGHTED
 from ..shards import iter_shards, shard_files
 from ..stage_outputs import Manifest, TrainedModels, WeightsSummary
-from ..stage_protocol import Stage, StageRun, section
+from ..stage_protocol import Stage, StageRun
 from ..store import StageRecord
 
 
@@ -36,11 +36,14 @@ def _work(run: StageRun, scored: StageRecord, prepared: StageRecord, disc: Stage
     wc = run.cfg.weights
     prep_dir, score_dir = run.input_dir(prepared), run.input_dir(scored)
     reference = TrainedModels.of(Manifest.read(run.input_dir(disc))).reference
+    if wc.method == "rho1" and reference != "control":
+        raise ValueError("weights.method rho1 ranks tokens by the base model's loss minus a tuned reference's: "
+                         "it needs discriminator.reference: control (this run's reference is the base model)")
     tokenizer = load_tokenizer(base.path, run.cfg.model.trust_remote_code)
     metadata = {
         "tokenweight.version": __version__,
         "tokenweight.method": wc.method,
-        "tokenweight.params": json.dumps(wc.model_dump(mode="json"), sort_keys=True),
+        "tokenweight.params": json.dumps(wc.key_settings(), sort_keys=True),
         "tokenweight.reference": reference,
         # Portable: the same data written to two stores is the same bytes, and a reader on another
         # machine gets names and hashes it can check, not a path inside the writer's store.
@@ -80,7 +83,8 @@ def _work(run: StageRun, scored: StageRecord, prepared: StageRecord, disc: Stage
             loss_ref = np.asarray(s["loss_control"], dtype=np.float32) if reference == "control" else loss_base
             groups = class_groups(p["text"], p["offsets"], mask, wc.granularity)
             classes = token_classes(loss_disc, loss_ref, mask, margin, groups)
-            weight = sample_weights(wc.method, loss_base, classes, mask, wc.tau)
+            weight = sample_weights(wc.method, loss_base, classes, mask, wc.tau, loss_ref, wc.rho1_top_share,
+                                    wc.prefix_tokens)
             tally.add(p["split"], np.asarray(p["input_ids"]), classes, loss_disc - loss_ref, p["role_truth"])
             if p["split"] == "train":  # what the fine-tune will weigh
                 preflight.add(classes, loss_base, loss_disc)
@@ -104,7 +108,7 @@ def _work(run: StageRun, scored: StageRecord, prepared: StageRecord, disc: Stage
 WEIGHTS = Stage(
     name="weights",
     version="3",
-    config=section("weights"),
+    config=lambda cfg: cfg.weights.key_settings(),
     inputs=lambda cfg, scored, prepared, disc, base: {"score": scored.key, "prepare": prepared.key,
                                                       "discriminator": disc.key},
     work=_work,
