@@ -1,4 +1,4 @@
-"""Training: the finetune stage (`train_model`, sft and rft) against TRL's SFTTrainer.
+"""Training: the finetune stage (`train_model`, sft and rft; dft and asft on request) against TRL's SFTTrainer.
 
 Both train SmolLM2-135M-Instruct for one epoch over the same real BFCL samples, with the same
 batch size, gradient accumulation, learning-rate schedule, trainable blocks, sequence budget and
@@ -12,6 +12,7 @@ time, after a one-step warm-up in the same process) and the process's peak memor
 before the model is loaded (both load the same fp32 weights).
 
     python -m benchmarks.training                      # CPU, 48 samples, top 6 blocks
+    python -m benchmarks.training --arms "tokenweight sft,tokenweight dft,tokenweight asft"
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def run_arm(arm: str, args: dict) -> Measured:
 
 
 ARMS = ["tokenweight sft", "tokenweight rft", "TRL SFTTrainer", "TRL SFTTrainer tuned"]
+# Not in the default run: the other token-level losses, for their cost against sft (asft keeps a
+# frozen copy of the base, only its trained top blocks with --train-layers).
+MORE_ARMS = ["tokenweight dft", "tokenweight asft"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Epochs timed per arm (each from the base weights).")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--store", default="runs/bench-store")
-    parser.add_argument("--arms", default=",".join(ARMS), help="Comma-separated subset of: " + ", ".join(ARMS))
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help="Comma-separated subset of: " + ", ".join(ARMS + MORE_ARMS))
     args = parser.parse_args(argv)
 
     from tokenweight.models import load_tokenizer

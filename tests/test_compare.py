@@ -119,13 +119,14 @@ def test_a_new_arm_reuses_the_other_arms(compare_run, tiny_model_dir):
 
 
 def test_token_level_methods_run_as_arms_with_their_own_weights_stage(compare_run, tiny_model_dir):
-    """dft (a loss), rho1 and prefix (weight columns, trained with `weighted`) beside sft, on the
+    """dft and asft (losses), rho1 and prefix (weight columns, trained with `weighted`) beside sft, on the
     shared stages: only the arms' own weights stages and fine-tunes run."""
     from tokenweight.flows.compare import compare
 
     cfg, store, first = compare_run
     arms = [{"name": "sft", "finetune": {"method": "sft"}},
             {"name": "dft", "finetune": {"method": "dft"}},
+            {"name": "asft", "finetune": {"method": "asft", "train_layers": 2}},
             {"name": "rho1", "weights": {"method": "rho1", "rho1_top_share": 0.5}, "finetune": {"method": "weighted"}},
             {"name": "prefix", "weights": {"method": "prefix", "prefix_tokens": 4}, "finetune": {"method": "weighted"}}]
     cfg2 = pipeline_config(tiny_model_dir, store, source=BFCL, prepare={"eval_share": 0.3},
@@ -147,4 +148,4 @@ def test_token_level_methods_run_as_arms_with_their_own_weights_stage(compare_ru
         eval_manifest = json.loads(Path(got["eval"][name].uri, "_manifest.json").read_text())
         assert eval_manifest["inputs"]["weights"] == first["shared"]["weights"].key  # classes for held-out loss
     rows = {r["arm"] for r in json.loads(Path(got["compare"].uri, "table.json").read_text())["rows"]}
-    assert rows == {"base", "sft", "dft", "rho1", "prefix"}
+    assert rows == {"base", "sft", "dft", "asft", "rho1", "prefix"}

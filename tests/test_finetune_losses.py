@@ -111,8 +111,8 @@ def test_split_batches_with_one_window_normaliser_equal_the_whole_batch(method):
 
 def test_unknown_method_is_an_error():
     losses, classes, index, n = _batch()
-    with pytest.raises(ValueError, match="unknown fine-tune method 'asft'"):
-        loss_sum("asft", losses, classes, losses, index, n, 1.0)
+    with pytest.raises(ValueError, match="unknown fine-tune method 'ppo'"):
+        loss_sum("ppo", losses, classes, losses, index, n, 1.0)
 
 
 def test_dft_on_uniform_logits_over_two_tokens_is_half_the_cross_entropy_and_half_its_gradient():
@@ -132,3 +132,32 @@ def test_dft_weighs_each_token_by_its_detached_probability():
     assert total.item() == pytest.approx(sum(math.exp(-x) * x for x in (0.1, 2.0, 5.0)), rel=1e-6)
     (grad,) = torch.autograd.grad(total, losses)
     assert grad.tolist() == pytest.approx([math.exp(-x) for x in (0.1, 2.0, 5.0)], rel=1e-6)
+
+
+def test_the_chunked_kl_to_the_reference_and_its_gradient_match_autograd_on_the_whole_vocabulary():
+    from tokenweight.components.token_loss import chunked_kl_to_reference
+
+    g = torch.Generator().manual_seed(0)
+    head, ref_head = torch.nn.Linear(8, 50, bias=False), torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(13, 8, generator=g, requires_grad=True)
+    ref_hidden = torch.randn(13, 8, generator=g)
+    got = chunked_kl_to_reference(hidden, head, ref_hidden, ref_head, chunk_rows=4)
+    log_p = torch.log_softmax(ref_head(ref_hidden), -1).detach()
+    log_q = torch.log_softmax(head(hidden), -1)
+    want = (log_p.exp() * (log_p - log_q)).sum()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    grads_got = torch.autograd.grad(got, [hidden, head.weight])
+    grads_want = torch.autograd.grad(want, [hidden, head.weight])
+    for a, b in zip(grads_got, grads_want):
+        assert torch.allclose(a, b, atol=1e-6)
+    # the same model on both sides: no divergence
+    assert chunked_kl_to_reference(ref_hidden, ref_head, ref_hidden, ref_head).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_asft_is_dft_plus_the_weighted_kl():
+    losses = torch.tensor([0.5, 1.5])
+    kl = torch.tensor(3.0)
+    got = loss_sum("asft", losses, None, None, None, 1, 1.0, kl, 0.1)
+    assert got.item() == pytest.approx(loss_sum("dft", losses, None, None, None, 1, 1.0).item() + 0.3)
+    with pytest.raises(ValueError, match="asft needs the KL"):
+        loss_sum("asft", losses, None, None, None, 1, 1.0)

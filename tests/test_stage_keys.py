@@ -66,7 +66,8 @@ FIELDS = [(section, field) for section in SECTIONS
 
 
 # Parameters of one method, part of the key only when that method is chosen (WeightsConfig.key_settings).
-METHOD_PARAMETERS = {("weights", "rho1_top_share"): "rho1", ("weights", "prefix_tokens"): "prefix"}
+METHOD_PARAMETERS = {("weights", "rho1_top_share"): "rho1", ("weights", "prefix_tokens"): "prefix",
+                     ("finetune", "kl_weight"): "asft"}
 
 
 @pytest.mark.parametrize("section,field", FIELDS, ids=[f"{s}.{f}" for s, f in FIELDS])
@@ -164,8 +165,8 @@ def test_prepare_key_of_a_missing_file_is_a_prepare_error(tiny_model_dir, tmp_pa
         spec("prepare").key(cfg, base=base)
 
 
-@pytest.mark.parametrize("field,method", [("rho1_top_share", "rho1"), ("prefix_tokens", "prefix")])
-def test_a_method_parameter_is_not_in_the_key_of_another_method(tiny_model_dir, tmp_path, data_file, field, method):
+@pytest.mark.parametrize("section,field", list(METHOD_PARAMETERS))
+def test_a_method_parameter_is_not_in_the_key_of_another_method(tiny_model_dir, tmp_path, data_file, section, field):
     cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
-    edited = cfg.model_copy(update={"weights": cfg.weights.model_copy(update={field: 0.123})})
+    edited = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update={field: 0.123})})
     assert keys_to_eval(edited) == keys_to_eval(cfg)  # method rft: the parameter changes nothing

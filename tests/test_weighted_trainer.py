@@ -58,7 +58,7 @@ class _Grads(TrainerCallback):
         self.grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("method", ["sft", "rft", "weighted", "dft"])
+@pytest.mark.parametrize("method", ["sft", "rft", "weighted", "dft", "asft"])
 def test_accumulating_micro_batches_equals_one_large_batch(method, tiny_model_dir, smol_tokenizer, tmp_path):
     """batch 2 x accumulate 2 gives the gradient of batch 4 x accumulate 1."""
     rows = _rows(smol_tokenizer, 4)
@@ -73,7 +73,7 @@ def test_accumulating_micro_batches_equals_one_large_batch(method, tiny_model_di
     # A random tiny model gives each target token p ~ 1/vocab, so DFT's gradients are ~1e-5 of sft's:
     # the comparison is relative to the largest gradient.
     largest = max(g.abs().max().item() for g in grads["whole"].values())
-    assert largest > (1e-7 if method == "dft" else 1e-3)
+    assert largest > (1e-7 if method in ("dft", "asft") else 1e-3)
     for k, g in grads["whole"].items():
         assert torch.allclose(grads["accumulated"][k], g, atol=min(1e-7, 1e-4 * largest), rtol=1e-4), k
 
@@ -247,3 +247,40 @@ def test_bf16_mixed_precision_reaches_the_loss(tiny_model_dir, smol_tokenizer, t
     # did (about 1e-6 relative; a backward in fp32 against a bf16 forward is off by about 7e-3).
     for k, p in oracle_model.named_parameters():
         assert (probe.grads[k] - p.grad).norm() <= 1e-4 * p.grad.norm(), k
+
+
+def _asft_trainer(tiny_model_dir, smol_tokenizer, tmp_path, train_layers, method="asft"):
+    from tokenweight.components.finetune_loop import freeze_below
+
+    model = load_model(tiny_model_dir)
+    freeze_below(model, train_layers)
+    fc = _config(method=method, train_layers=train_layers, max_steps=3, learning_rate=5e-2)
+    return WeightedLossTrainer(model=model, args=training_arguments(fc, tmp_path), train_dataset=TokenRows(_rows(smol_tokenizer)),
+                               data_collator=partial(collate, pad_id=smol_tokenizer.pad_token_id), method=method,
+                               kl_weight=0.1, train_layers=train_layers)
+
+
+@pytest.mark.parametrize("train_layers", [None, 2])
+def test_asft_starts_as_dft_and_its_anchor_stays_the_base_model(train_layers, tiny_model_dir, smol_tokenizer, tmp_path):
+    """Before any step the model is the base, so KL(base ‖ model) is 0 and asft's loss is dft's. After
+    training, the anchor (a whole frozen copy, or with train_layers only its top run on the shared
+    trunk's boundary states) still gives exactly the base model's final hidden states."""
+    from tokenweight.components.token_loss import decoder_and_head
+
+    asft = _asft_trainer(tiny_model_dir, smol_tokenizer, tmp_path / "asft", train_layers)
+    dft = _asft_trainer(tiny_model_dir, smol_tokenizer, tmp_path / "dft", train_layers, method="dft")
+    batch = collate(_rows(smol_tokenizer, 4), pad_id=smol_tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert asft.compute_loss(asft.model, batch).item() == pytest.approx(dft.compute_loss(dft.model, batch).item(), rel=1e-5)
+    asft.train()
+    with torch.no_grad():
+        _, _, boundary = asft._final_hidden(asft.model, batch, asft.anchor.boundary_layer)
+        ref = asft.anchor.final_hidden(batch["input_ids"], batch["attention_mask"], boundary)
+        base_trunk, _ = decoder_and_head(load_model(tiny_model_dir))
+        want = base_trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        now, _, _ = asft._final_hidden(asft.model, batch)
+    keep = batch["attention_mask"].bool()
+    assert (ref[keep] - want[keep]).abs().max().item() < 1e-4
+    assert (now[keep] - want[keep]).abs().max().item() > 1e-3  # the model did move away from its anchor
+    with torch.no_grad():
+        assert asft.compute_loss(asft.model, batch).item() > dft.compute_loss(asft.model, batch).item()  # the KL term

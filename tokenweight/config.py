@@ -239,15 +239,18 @@ class WeightsConfig(_Strict):
 class FinetuneConfig(_Strict):
     """Fine-tune the base model on the train split with a token-level loss (transformers Trainer)."""
 
-    method: Literal["sft", "rft", "weighted", "dft"] = Field(
+    method: Literal["sft", "rft", "weighted", "dft", "asft"] = Field(
         "rft",
         description="`sft`: mean cross-entropy over target tokens; `rft`: per sample softmax([L_b, L_r]/tau)-"
         "weighted class means, recomputed at every step; `weighted`: sum(weight * loss) / sum(weight) over "
         "each accumulation window, with the weights stage's `weight` column; `dft`: each token's loss times "
-        "its probability under the current model (detached), averaged over target tokens (DFT). sft and dft "
-        "read the prepared data, so no SHAD setting reaches their key.",
+        "its probability under the current model (detached), averaged over target tokens (DFT); `asft`: dft "
+        "plus kl_weight * KL(base ‖ current) over the full vocabulary at each target token (Anchored SFT). "
+        "sft, dft and asft read the prepared data, so no SHAD setting reaches their key.",
     )
     tau: float = Field(3.0, gt=0, description="RFT temperature (the paper: 1/tau in 0.2..0.5).")
+    kl_weight: float = Field(0.1, ge=0, description="`asft`: the weight of the KL term (the authors' default "
+                             "0.1). Part of the key only for asft.")
     epochs: float = Field(1.0, gt=0, description="Passes over the train split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate (cosine decay after warm-up).")
@@ -262,6 +265,14 @@ class FinetuneConfig(_Strict):
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (a crashed run resumes there).")
     logging_steps: int = Field(5, ge=1, description="Log loss, class losses and tokens/s every this many steps.")
     seed: int = Field(0, description="Seed of initialisation-time randomness and of the data order.")
+
+    def key_settings(self) -> dict[str, Any]:
+        """The settings the finetune stage's key holds: `kl_weight` only under asft (it changes
+        nothing otherwise, and a store made before it existed stays valid)."""
+        data = self.model_dump(mode="json")
+        if self.method != "asft":
+            del data["kl_weight"]
+        return data
 
 
 class EvalConfig(_Strict):

@@ -1,4 +1,4 @@
-"""The fine-tune losses as pure functions of per-token losses: sft, rft, weighted and dft.
+"""The fine-tune losses as pure functions of per-token losses: sft, rft, weighted, dft and asft.
 
 Each returns a *sum* and each method has its own normaliser, so that a gradient-accumulation
 window (or several devices) divides one sum by one total and gets exactly the loss of the whole
@@ -8,6 +8,9 @@ window as one batch:
 - `weighted`: sum of weight * loss / sum of weights;
 - `dft`: sum of p * loss / number of target tokens, p = exp(-loss) the token's probability under
   the current model, detached (Dynamic Fine-Tuning, arXiv 2508.05629);
+- `asft`: dft's sum plus kl_weight * the sum over target positions of KL(base ‖ current) over the
+  full vocabulary, / number of target tokens (Anchored SFT, arXiv 2509.23753); the KL sum is
+  computed from logits (token_loss.chunked_kl_to_reference) and passed in;
 - `rft`: sum over samples of w_b*L_b + w_r*L_r / number of samples, where L_b and L_r are the
   sample's mean losses over boilerplate and reasoning tokens and (w_b, w_r) =
   softmax([L_b, L_r] / tau), detached, recomputed from the current losses at every step.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-FINETUNE_METHODS = ("sft", "rft", "weighted", "dft")
+FINETUNE_METHODS = ("sft", "rft", "weighted", "dft", "asft")
 # The methods that read the weights stage's token_class or weight (the others need only the data).
 WEIGHTED_METHODS = ("rft", "weighted")
 
@@ -67,8 +70,9 @@ def rft_sum(
     return rft_sample_losses(losses, classes, sample_index, n_samples, tau).sum()
 
 
-def loss_sum(method: str, losses, classes, weights, sample_index, n_samples: int, tau: float) -> torch.Tensor:
-    """The numerator of `method`'s loss for one micro-batch."""
+def loss_sum(method: str, losses, classes, weights, sample_index, n_samples: int, tau: float,
+             kl_sum: torch.Tensor | None = None, kl_weight: float = 0.0) -> torch.Tensor:
+    """The numerator of `method`'s loss for one micro-batch (`kl_sum`: asft's KL to the base)."""
     if method == "sft":
         return sft_sum(losses)
     if method == "weighted":
@@ -77,9 +81,14 @@ def loss_sum(method: str, losses, classes, weights, sample_index, n_samples: int
         return rft_sum(losses, classes, sample_index, n_samples, tau)
     if method == "dft":
         return dft_sum(losses)
+    if method == "asft":
+        if kl_sum is None:
+            raise ValueError("asft needs the KL sum to the base model")
+        return dft_sum(losses) + kl_weight * kl_sum
     raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(FINETUNE_METHODS)}")
 
 
 def normaliser(method: str, target_tokens: int, weight_sum: float, samples: int) -> float:
     """The denominator of `method`'s loss over a whole accumulation window."""
-    return {"sft": target_tokens, "dft": target_tokens, "weighted": weight_sum, "rft": samples}[method]
+    return {"sft": target_tokens, "dft": target_tokens, "asft": target_tokens, "weighted": weight_sum,
+            "rft": samples}[method]

@@ -8,6 +8,7 @@ Cross-Entropy and Liger's fused linear cross-entropy, in plain torch).
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from .triton_token_ce import triton_available, triton_token_ce
@@ -121,3 +122,28 @@ def reference_token_losses(model, input_ids, attention_mask, loss_mask) -> torch
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, 1:] = nll * loss_mask[:, 1:]
     return out
+
+
+def _kl_chunk(hidden: torch.Tensor, ref_hidden: torch.Tensor, head: torch.nn.Module,
+              ref_head: torch.nn.Module) -> torch.Tensor:
+    log_q = F.log_softmax(head(hidden).float(), dim=-1)
+    with torch.no_grad():
+        log_p = F.log_softmax(ref_head(ref_hidden).float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+def chunked_kl_to_reference(hidden: torch.Tensor, head: torch.nn.Module, ref_hidden: torch.Tensor,
+                            ref_head: torch.nn.Module, chunk_rows: int = 1024) -> torch.Tensor:
+    """sum over rows of KL(reference ‖ current) over the full vocabulary, from final hidden states
+    (N, H) of the current model and of the reference at the same positions. A chunk of rows at a
+    time, each under activation checkpointing, so the backward rebuilds a chunk's logits instead of
+    keeping (N, V) of them; the reference gets no gradient."""
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        if hidden.requires_grad or torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
+            total = total + torch.utils.checkpoint.checkpoint(_kl_chunk, hidden[rows], ref_hidden[rows], head,
+                                                              ref_head, use_reentrant=False)
+        else:
+            total = total + _kl_chunk(hidden[rows], ref_hidden[rows], head, ref_head)
+    return total

@@ -108,6 +108,8 @@ def train_model(fc: FinetuneConfig, rows: list[dict[str, Any]], base_path: str, 
         callbacks=[_LogToRun(), *callbacks],
         method=fc.method,
         tau=fc.tau,
+        kl_weight=fc.kl_weight,
+        train_layers=fc.train_layers,
         mid_checkpoint=mid_checkpoint,
     )
     resume = last_complete_checkpoint(work)

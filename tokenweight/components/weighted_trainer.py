@@ -34,8 +34,9 @@ from transformers import Trainer
 
 from ..file_digests import digest_files, first_problem
 from .batching import pad_batch
+from .anchor_reference import AnchorReference
 from .finetune_losses import FINETUNE_METHODS, class_means, loss_sum, normaliser
-from .token_loss import chunked_token_ce, decoder_and_head
+from .token_loss import chunked_kl_to_reference, chunked_token_ce, decoder_and_head
 
 COMPLETE_MARKER = "tokenweight-complete.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -92,10 +93,14 @@ class WeightedLossTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, method: str, tau: float = 3.0, chunk_rows: int = 1024,
+                 kl_weight: float = 0.1, train_layers: int | None = None,
                  mid_checkpoint: Callable[[], None] | None = None, **kwargs: Any):
         if method not in FINETUNE_METHODS:
             raise ValueError(f"unknown fine-tune method {method!r}; valid: {', '.join(FINETUNE_METHODS)}")
         super().__init__(*args, **kwargs)
+        # asft: the base as it is now (before any step), frozen; with train_layers only its top.
+        self.anchor = AnchorReference(self.model, train_layers) if method == "asft" else None
+        self.kl_weight = kl_weight
         if method == "rft" and isinstance(self.train_dataset, TokenRows):
             row = self.train_dataset.first_unclassified()
             if row is not None:
@@ -117,7 +122,8 @@ class WeightedLossTrainer(Trainer):
         return torch.where(total == 0, torch.ones_like(total), total)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        hidden, head = self._final_hidden(model, inputs)
+        boundary = self.anchor.boundary_layer if self.anchor is not None else None
+        hidden, head, boundary_hidden = self._final_hidden(model, inputs, boundary)
         # Position t-1 predicts token t; keep only target positions (flat over the batch).
         predict = inputs["loss_mask"][:, 1:].bool()
         losses = self._target_ce(hidden[:, :-1][predict], head, inputs["input_ids"][:, 1:][predict])
@@ -125,7 +131,13 @@ class WeightedLossTrainer(Trainer):
         weights = inputs["weight"][:, 1:][predict]
         n_samples = inputs["input_ids"].shape[0]
         sample_index = torch.arange(n_samples, device=losses.device)[:, None].expand_as(predict)[predict]
-        total = loss_sum(self.method, losses, classes, weights, sample_index, n_samples, self.tau)
+        kl = None
+        if self.anchor is not None:
+            with self.accelerator.autocast():
+                ref = self.anchor.final_hidden(inputs["input_ids"], inputs["attention_mask"], boundary_hidden)
+                kl = chunked_kl_to_reference(hidden[:, :-1][predict], head, ref[:, :-1][predict], self.anchor.head,
+                                             self.chunk_rows)
+        total = loss_sum(self.method, losses, classes, weights, sample_index, n_samples, self.tau, kl, self.kl_weight)
         if num_items_in_batch is None:  # outside training_step (e.g. evaluate): this batch alone
             num_items_in_batch = normaliser(self.method, losses.numel(), float(weights.sum()), n_samples)
         loss = total / num_items_in_batch
@@ -138,7 +150,7 @@ class WeightedLossTrainer(Trainer):
         self._count(losses.detach(), classes, sample_index, n_samples, int(inputs["attention_mask"].sum()))
         return (loss, {"losses": losses}) if return_outputs else loss
 
-    def _final_hidden(self, model, inputs) -> tuple[torch.Tensor, torch.nn.Module]:
+    def _final_hidden(self, model, inputs, boundary: torch.nn.Module | None = None):
         """The trunk's final hidden states (B, T, H) and the LM head, from a forward of `model`.
 
         `model` is what the Trainer hands compute_loss: in training the DDP-wrapped module, whose
@@ -146,7 +158,8 @@ class WeightedLossTrainer(Trainer):
         under autocast for mixed precision. So the forward must go through it, not through the
         unwrapped trunk. A forward hook on the trunk keeps its output; the LM head inside the forward
         is applied to no position (`logits_to_keep` an empty index, else a pre-hook hands it an empty
-        slice), so no (B, T, V) logits exist: the head runs afterwards, at target positions only."""
+        slice), so no (B, T, V) logits exist: the head runs afterwards, at target positions only.
+        Returns (hidden, head, the hidden states entering the `boundary` block or None)."""
         unwrapped = self.accelerator.unwrap_model(model)
         trunk, head = decoder_and_head(unwrapped)
         captured = []
@@ -155,6 +168,11 @@ class WeightedLossTrainer(Trainer):
             captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
 
         handles = [trunk.register_forward_hook(keep)]
+        entering = []
+        if boundary is not None:
+            handles.append(boundary.register_forward_pre_hook(
+                lambda module, args, kwargs: entering.append(args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True))
         kwargs = {}
         if _accepts_logits_to_keep(unwrapped):
             # A 1-D index tensor keeps those positions of every row: none (transformers'
@@ -169,7 +187,7 @@ class WeightedLossTrainer(Trainer):
                 handle.remove()
         if len(captured) != 1:
             raise RuntimeError(f"the trunk ran {len(captured)} times in one forward of {type(unwrapped).__name__}")
-        return captured[0], head
+        return captured[0], head, entering[0] if entering else None
 
     def _target_ce(self, hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
         """Per-token cross-entropy (N,) at the target positions, under the accelerator's autocast

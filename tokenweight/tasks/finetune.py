@@ -21,7 +21,7 @@ from ..device_policy import placement
 from ..faults import crash_point
 from ..models import ModelRef, save_model
 from ..run_log import logger
-from ..stage_protocol import Stage, StageRun, section
+from ..stage_protocol import Stage, StageRun
 from ..store import StageRecord
 
 
@@ -60,7 +60,7 @@ def _work(run: StageRun, prepared: StageRecord, weighted: StageRecord, base: Mod
 FINETUNE = Stage(
     name="finetune",
     version="2",
-    config=section("finetune"),
+    config=lambda cfg: cfg.finetune.key_settings(),
     inputs=_inputs,
     extra=lambda cfg, **_: {"placement": placement(cfg.device).key()},
     work=_work,
