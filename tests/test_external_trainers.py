@@ -17,6 +17,7 @@ from tokenweight.external_trainers import (
     WeightedTokenCollator,
     WeightedTokenTrainer,
     load_weight_shards,
+    rft_token_loss,
     weighted_token_loss,
 )
 from tokenweight.components.token_loss import reference_token_losses
@@ -55,7 +56,7 @@ class _Grads(TrainerCallback):
         self.grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-def _trainer(kind, model_dir, dataset, out, recording=False, **over):
+def _trainer(kind, model_dir, dataset, out, recording=False, trainer_kwargs=None, **over):
     common = dict(output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=2,
                   learning_rate=1e-2, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
                   report_to=[], seed=0, remove_unused_columns=False, use_cpu=True)
@@ -64,12 +65,13 @@ def _trainer(kind, model_dir, dataset, out, recording=False, **over):
     collator = WeightedTokenCollator(pad_token_id=PAD)
     if kind == "transformers":
         cls = _RecordingTrainer if recording else WeightedTokenTrainer
-        trainer = cls(model=model, args=TrainingArguments(**common), train_dataset=dataset, data_collator=collator)
+        trainer = cls(model=model, args=TrainingArguments(**common), train_dataset=dataset, data_collator=collator,
+                      **(trainer_kwargs or {}))
     else:
         cls = _RecordingSFTTrainer if recording else WeightedSFTTrainer
         args = SFTConfig(**{"bf16": False, "dataset_kwargs": {"skip_prepare_dataset": True}, **common})
         trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=_tokenizer(model_dir),
-                      data_collator=collator)
+                      data_collator=collator, **(trainer_kwargs or {}))
     trainer.steps = []
     return trainer
 
@@ -111,7 +113,8 @@ def test_collator_pads_right_and_masks_labels_and_weights(weight_shards):
     batch = WeightedTokenCollator(pad_token_id=PAD)(rows)
     width = max(len(r["input_ids"]) for r in rows)
     assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (3, width) for k in
-                                                            ("input_ids", "attention_mask", "labels", "token_weight")}
+                                                            ("input_ids", "attention_mask", "labels", "token_weight",
+                                                             "token_class")}
     assert batch["token_weight"].dtype == torch.float32
     for b, row in enumerate(rows):
         n = len(row["input_ids"])
@@ -124,6 +127,9 @@ def test_collator_pads_right_and_masks_labels_and_weights(weight_shards):
         weight = torch.tensor(row["weight"])
         assert torch.equal(batch["token_weight"][b, :n], torch.where(mask, weight, 0.0))
         assert batch["token_weight"][b, n:].eq(0).all()
+        classes = torch.tensor(row["token_class"])
+        assert torch.equal(batch["token_class"][b, :n], torch.where(mask, classes, -1))
+        assert batch["token_class"][b, n:].eq(-1).all()
     with pytest.raises(ValueError, match="row 1: loss_mask and weight"):
         WeightedTokenCollator(pad_token_id=PAD)([rows[0], {**rows[1], "weight": rows[1]["weight"][:-1]}])
 
@@ -227,3 +233,64 @@ def test_examples_refuse_a_model_with_only_pickled_weights(script, weight_shards
     with pytest.raises(OSError, match="safetensors"):
         importlib.import_module(f"examples.{script}").main(
             [str(weight_shards), str(model_dir), "--output", str(tmp_path / "out"), "--max-steps", "1"])
+
+
+def _reference_rft_loss(model_dir, params, batch, tau) -> float:
+    """tokenweight's own rft loss (finetune_losses.rft_sample_losses, as the finetune stage computes
+    it) over a collated batch, per-token CE from the plain reference forward, mean over samples."""
+    from tokenweight.components.finetune_losses import rft_sample_losses
+
+    reference = load_model(model_dir)
+    reference.load_state_dict(params)
+    target = batch["labels"].ne(-100)
+    target[:, 0] = False  # token 0 is never predicted
+    with torch.no_grad():
+        ce = reference_token_losses(reference, batch["input_ids"], batch["attention_mask"], target.long())
+    n = target.shape[0]
+    index = torch.arange(n)[:, None].expand_as(target)[target]
+    return (rft_sample_losses(ce[target], batch["token_class"][target], index, n, tau).sum() / n).item()
+
+
+@pytest.mark.parametrize("kind", ["transformers", "trl"])
+def test_adaptive_rft_loss_in_other_trainers_is_tokenweights_rft_loss(kind, weight_shards, tiny_model_dir, tmp_path):
+    """With token_loss="rft" each step's loss is tokenweight's adaptive rft loss on the same batch at
+    the parameters the step started from, and the steps train the model. (On the random tiny model
+    both classes lose about log(vocab), so that it is not the static column shows below.)"""
+    dataset = load_weight_shards(weight_shards)
+    assert "token_class" in dataset.column_names
+    trainer = _trainer(kind, tiny_model_dir, dataset, tmp_path, recording=True,
+                       trainer_kwargs={"token_loss": "rft", "tau": 2.0})
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert len(trainer.steps) == 2
+    for params, batch, loss in trainer.steps:
+        rft = _reference_rft_loss(tiny_model_dir, params, batch, 2.0)
+        assert loss == pytest.approx(rft, abs=1e-5, rel=1e-5)
+    assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())
+
+
+def test_rft_in_other_trainers_refuses_rows_without_classes(weight_shards, tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown token_loss"):
+        _trainer("transformers", tiny_model_dir, load_weight_shards(weight_shards), tmp_path,
+                 trainer_kwargs={"token_loss": "dft"})
+    rows = load_weight_shards(weight_shards, columns=("input_ids", "loss_mask", "weight"))
+    trainer = _trainer("transformers", tiny_model_dir, rows, tmp_path, trainer_kwargs={"token_loss": "rft"})
+    with pytest.raises(KeyError, match="token_loss rft needs token_class"):
+        trainer.train()
+
+
+def test_rft_token_loss_weighs_each_samples_classes_by_the_softmax_of_their_current_losses():
+    vocab = 4
+    # one sample, tokens 1..3 predicted: token 1 boilerplate with a sure logit, tokens 2, 3 reasoning at uniform logits
+    logits = torch.zeros(1, 4, vocab)
+    logits[0, 0, 2] = 20.0  # predicts token 1 (= 2): loss ~0
+    labels = torch.tensor([[-100, 2, 1, 3]])
+    classes = torch.tensor([[-1, 0, 1, 1]])
+    l_b, l_r = 0.0, math.log(vocab)
+    w_b, w_r = torch.softmax(torch.tensor([l_b, l_r]) / 1.0, 0).tolist()  # (1/5, 4/5)
+    got = rft_token_loss(logits, labels, classes, tau=1.0).item()
+    assert got == pytest.approx(w_b * l_b + w_r * l_r, abs=1e-6)
+    static = weighted_token_loss(logits, labels, torch.ones(1, 4)).item()  # the token mean, 2/3 log 4
+    assert abs(got - static) > 0.1
+    with pytest.raises(ValueError, match="token_class 0 or 1"):
+        rft_token_loss(logits, labels, torch.tensor([[-1, 0, -1, 1]]), tau=2.0)

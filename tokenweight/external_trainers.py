@@ -1,4 +1,4 @@
-"""The weighted dataset in your own trainer: a loader, a collator and the `weighted` loss.
+"""The weight shards in your own trainer: a loader, a collator, the `weighted` and adaptive `rft` losses.
 
 The weights stage writes `{store}/weights/{key}/part-NNNNN.parquet` beside `_manifest.json`,
 `summary.json` and `report.html`, so point every reader at `part-*.parquet`, not at the directory.
@@ -34,6 +34,10 @@ the plain Trainer counts as the window's target tokens, is here the window's sum
 more (no-grad) forward for its metrics. TRL 2 drops `compute_loss_func` from SFTTrainer, and with it
 this route: tests/test_external_trainers.py checks the loss against tokenweight's on TRL 1.16.
 Not covered: TRL's packing and padding-free modes, and tensor, context or sequence parallelism.
+
+`token_loss="rft"` (a keyword of the trainer) swaps the static column for the adaptive rft loss:
+per sample softmax([L_b, L_r]/tau)-weighted class means from the batch's `token_class`,
+recomputed from the current losses at every step and detached, over the window's samples.
 """
 
 from __future__ import annotations
@@ -54,10 +58,11 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from .components.batching import pad_batch
-from .components.finetune_losses import normaliser, weighted_sum
+from .components.finetune_losses import normaliser, rft_sum, weighted_sum
 from .shards import SHARD_GLOB
 
-TRAIN_COLUMNS = ("input_ids", "loss_mask", "weight")
+TRAIN_COLUMNS = ("input_ids", "loss_mask", "weight", "token_class")
+TOKEN_LOSSES = ("weighted", "rft")
 IGNORE_INDEX = -100  # the label of a token that is not a target, as transformers' losses expect
 
 
@@ -87,10 +92,11 @@ def load_weight_shards(
 
 @dataclass
 class WeightedTokenCollator:
-    """Right-pads rows of {input_ids, loss_mask, weight} to the batch's longest row.
+    """Right-pads rows of {input_ids, loss_mask, weight[, token_class]} to the batch's longest row.
 
     Returns `input_ids`, `attention_mask`, `labels` (input_ids, -100 where loss_mask is 0 and on
-    padding; unshifted, as transformers expects) and `token_weight` (float32, 0 off target)."""
+    padding; unshifted, as transformers expects), `token_weight` (float32, 0 off target) and, when
+    the rows have it, `token_class` (long, -1 off target: what the adaptive rft loss reads)."""
 
     pad_token_id: int
 
@@ -104,22 +110,27 @@ class WeightedTokenCollator:
             ([r["weight"] for r in rows], torch.float32),
         )
         target = loss_mask.bool()
-        return {
+        batch = {
             "input_ids": ids,
             "attention_mask": attention_mask,
             "labels": ids.masked_fill(~target, IGNORE_INDEX),
             "token_weight": weight * target,
         }
+        if all("token_class" in r for r in rows):
+            _, _, _, token_class = pad_batch([r["input_ids"] for r in rows], [r["loss_mask"] for r in rows],
+                                             self.pad_token_id, ([r["token_class"] for r in rows], torch.long))
+            batch["token_class"] = token_class.masked_fill(~target, -1)
+        return batch
 
 
-def window_normaliser(batches: Sequence[Mapping[str, torch.Tensor]]) -> float:
-    """The `weighted` loss's denominator for collated batches: the sum of their target weights.
-    Token 0 is never predicted (no context), so it never counts."""
+def window_normaliser(batches: Sequence[Mapping[str, torch.Tensor]], token_loss: str = "weighted") -> float:
+    """The loss's denominator for collated batches: for `weighted` the sum of their target weights,
+    for `rft` their number of samples. Token 0 is never predicted (no context), so it never counts."""
     targets = [b["labels"][:, 1:] != IGNORE_INDEX for b in batches]
     tokens = sum(int(t.sum()) for t in targets)
     weight = sum(float(b["token_weight"][:, 1:][t].sum()) for b, t in zip(batches, targets))
     samples = sum(int(b["labels"].shape[0]) for b in batches)
-    return normaliser("weighted", tokens, weight, samples)
+    return normaliser(token_loss, tokens, weight, samples)
 
 
 def weighted_token_loss(
@@ -138,6 +149,35 @@ def weighted_token_loss(
     return total / num_items_in_batch
 
 
+def rft_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    token_class: torch.Tensor,
+    tau: float,
+    num_items_in_batch: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """The adaptive rft loss: per sample softmax([L_b, L_r]/tau)-weighted class means, the
+    weights recomputed from this step's losses and detached (finetune_losses.rft_sum), summed
+    over samples / num_items_in_batch (the window's samples; this batch's when None)."""
+    predict = labels[:, 1:] != IGNORE_INDEX
+    classes = token_class[:, 1:][predict]
+    if bool(((classes != 0) & (classes != 1)).any()):
+        raise ValueError("rft needs token_class 0 or 1 on every target token (the weight shards' column)")
+    losses = F.cross_entropy(logits[:, :-1][predict].float(), labels[:, 1:][predict], reduction="none")
+    n = labels.shape[0]
+    sample_index = torch.arange(n, device=labels.device)[:, None].expand_as(predict)[predict]
+    total = rft_sum(losses, classes, sample_index, n, tau)
+    return total / (n if num_items_in_batch is None else num_items_in_batch)
+
+
+def rft_loss_func(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | float | None = None, *,
+    token_class: torch.Tensor, tau: float,
+) -> torch.Tensor:
+    """`rft_token_loss` with the signature of the Trainer's `compute_loss_func`."""
+    return rft_token_loss(outputs.logits, labels, token_class, tau, num_items_in_batch)
+
+
 def weighted_loss_func(
     outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | float | None = None, *,
     token_weight: torch.Tensor,
@@ -148,17 +188,23 @@ def weighted_loss_func(
 
 
 class TokenWeightMixin:
-    """Put before `Trainer` or TRL's `SFTTrainer` in the bases: the loss becomes `weighted`, with
-    `num_items_in_batch` the accumulation window's sum of target weights (summed over devices when
-    `average_tokens_across_devices`, the default). Needs `WeightedTokenCollator` (or any collator
-    giving `labels` and `token_weight`) and `remove_unused_columns=False`."""
+    """Put before `Trainer` or TRL's `SFTTrainer` in the bases: the loss becomes `weighted` (the
+    static `weight` column), with `num_items_in_batch` the accumulation window's sum of target
+    weights, or with `token_loss="rft"` the adaptive rft loss from the shards' `token_class`
+    (recomputed at every step, as tokenweight's finetune does), over the window's samples; summed
+    over devices when `average_tokens_across_devices`, the default. Needs `WeightedTokenCollator`
+    (or any collator giving `labels`, `token_weight` and for rft `token_class`) and
+    `remove_unused_columns=False`."""
 
     # compute_loss divides by the whole window's normaliser itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, token_loss: str = "weighted", tau: float = 3.0, **kwargs: Any):
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(f"{type(self).__name__} brings its own loss; do not pass compute_loss_func")
+        if token_loss not in TOKEN_LOSSES:
+            raise ValueError(f"unknown token_loss {token_loss!r}; valid: {', '.join(TOKEN_LOSSES)}")
+        self.token_loss, self.tau = token_loss, tau
         super().__init__(*args, **kwargs)
         # The Trainer keeps only the columns model.forward takes, which would drop loss_mask and weight.
         if self.args.remove_unused_columns:
@@ -173,7 +219,7 @@ class TokenWeightMixin:
         """The window's sum of target weights (over devices, mirroring Trainer.compute_loss's scaling)."""
         if not batch_samples:
             return None
-        total = torch.tensor(window_normaliser(batch_samples), dtype=torch.float32, device=device)
+        total = torch.tensor(window_normaliser(batch_samples, self.token_loss), dtype=torch.float32, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             total = self.accelerator.gather(total[None]).sum()
         # A window whose weights are all zero has a zero loss sum: keep it zero, not 0/0.
@@ -183,8 +229,16 @@ class TokenWeightMixin:
         if "token_weight" not in inputs:
             raise KeyError("the batch has no token_weight: use WeightedTokenCollator as the data_collator")
         inputs = dict(inputs)
-        # The trainer calls compute_loss_func(outputs, labels, num_items_in_batch) only: bind this batch's weights.
-        self.compute_loss_func = partial(weighted_loss_func, token_weight=inputs.pop("token_weight"))
+        # The trainer calls compute_loss_func(outputs, labels, num_items_in_batch) only: bind this
+        # batch's weights (or classes); neither column may reach model.forward.
+        weight, token_class = inputs.pop("token_weight"), inputs.pop("token_class", None)
+        if self.token_loss == "rft":
+            if token_class is None:
+                raise KeyError("token_loss rft needs token_class in the batch: load it from the shards "
+                               "(load_weight_shards does by default) and use WeightedTokenCollator")
+            self.compute_loss_func = partial(rft_loss_func, token_class=token_class, tau=self.tau)
+        else:
+            self.compute_loss_func = partial(weighted_loss_func, token_weight=weight)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
