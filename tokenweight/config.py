@@ -7,7 +7,7 @@ wrong types are errors that name the key. `apply_overrides` implements `--set se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +17,22 @@ STAGES = ("prepare", "shuffle", "discriminator", "score", "weights", "finetune",
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _MethodSection(_Strict):
+    """A section with a `method` and parameters that belong to one method each."""
+
+    # parameter -> the method it belongs to
+    _method_parameters: ClassVar[dict[str, str]] = {}
+
+    def key_settings(self) -> dict[str, Any]:
+        """The settings the stage's key holds: a method's own parameters only under that method
+        (they change nothing otherwise, and a store made before they existed stays valid)."""
+        data = self.model_dump(mode="json")
+        for name, method in self._method_parameters.items():
+            if self.method != method:
+                del data[name]
+        return data
 
 
 class ModelConfig(_Strict):
@@ -192,7 +208,7 @@ class ScoreConfig(_Strict):
     chunk_rows: int = Field(1024, ge=1, description="Target positions per chunk of the LM head + CE.")
 
 
-class WeightsConfig(_Strict):
+class WeightsConfig(_MethodSection):
     """Classes from LD and the per-token `weight` column."""
 
     method: Literal["rft", "uniform", "rho1", "prefix"] = Field(
@@ -226,17 +242,10 @@ class WeightsConfig(_Strict):
     top_tokens: int = Field(20, ge=1, description="How many frequent tokens per class summary.json lists.")
     report_samples: int = Field(200, ge=0, description="How many samples report.html shows (the first ones, in shard order).")
 
-    def key_settings(self) -> dict[str, Any]:
-        """The settings the weights stage's key holds: a method's own parameters only when it is
-        the method (they change nothing otherwise, and a store made before they existed stays valid)."""
-        data = self.model_dump(mode="json")
-        for name, method in (("rho1_top_share", "rho1"), ("prefix_tokens", "prefix")):
-            if self.method != method:
-                del data[name]
-        return data
+    _method_parameters: ClassVar[dict[str, str]] = {"rho1_top_share": "rho1", "prefix_tokens": "prefix"}
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(_MethodSection):
     """Fine-tune the base model on the train split with a token-level loss (transformers Trainer)."""
 
     method: Literal["sft", "rft", "weighted", "dft", "asft"] = Field(
@@ -266,13 +275,7 @@ class FinetuneConfig(_Strict):
     logging_steps: int = Field(5, ge=1, description="Log loss, class losses and tokens/s every this many steps.")
     seed: int = Field(0, description="Seed of initialisation-time randomness and of the data order.")
 
-    def key_settings(self) -> dict[str, Any]:
-        """The settings the finetune stage's key holds: `kl_weight` only under asft (it changes
-        nothing otherwise, and a store made before it existed stays valid)."""
-        data = self.model_dump(mode="json")
-        if self.method != "asft":
-            del data["kl_weight"]
-        return data
+    _method_parameters: ClassVar[dict[str, str]] = {"kl_weight": "asft"}
 
 
 class EvalConfig(_Strict):

@@ -105,10 +105,12 @@ class WeightedTokenCollator:
             n = len(row["input_ids"])
             if len(row["loss_mask"]) != n or len(row["weight"]) != n:
                 raise ValueError(f"row {i}: loss_mask and weight must have one value per token ({n})")
-        ids, attention_mask, loss_mask, weight = pad_batch(
-            [r["input_ids"] for r in rows], [r["loss_mask"] for r in rows], self.pad_token_id,
-            ([r["weight"] for r in rows], torch.float32),
-        )
+        columns = [([r["weight"] for r in rows], torch.float32)]
+        with_classes = all("token_class" in r for r in rows)
+        if with_classes:
+            columns.append(([r["token_class"] for r in rows], torch.long))
+        ids, attention_mask, loss_mask, weight, *token_class = pad_batch(
+            [r["input_ids"] for r in rows], [r["loss_mask"] for r in rows], self.pad_token_id, *columns)
         target = loss_mask.bool()
         batch = {
             "input_ids": ids,
@@ -116,10 +118,8 @@ class WeightedTokenCollator:
             "labels": ids.masked_fill(~target, IGNORE_INDEX),
             "token_weight": weight * target,
         }
-        if all("token_class" in r for r in rows):
-            _, _, _, token_class = pad_batch([r["input_ids"] for r in rows], [r["loss_mask"] for r in rows],
-                                             self.pad_token_id, ([r["token_class"] for r in rows], torch.long))
-            batch["token_class"] = token_class.masked_fill(~target, -1)
+        if with_classes:
+            batch["token_class"] = token_class[0].masked_fill(~target, -1)
         return batch
 
 

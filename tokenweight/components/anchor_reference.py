@@ -33,8 +33,9 @@ class AnchorReference:
             self.model = copy.deepcopy(model).requires_grad_(False).eval()
             return
         # Copy the top blocks, norm and head only; the bottom (frozen, the base's) is never run here.
+        # deepcopy's memo maps an object's id to its copy: the bottom modules "copy" to themselves.
         shared = {id(m): m for m in (trunk.embed_tokens, *list(trunk.layers)[: n - top_layers])}
-        self.model = copy.deepcopy(model, memo={k: v for k, v in shared.items()}).requires_grad_(False).eval()
+        self.model = copy.deepcopy(model, memo=shared).requires_grad_(False).eval()
         self.split = TrunkSplit(self.model, top_layers)
         self.boundary_layer = trunk.layers[n - top_layers]
 

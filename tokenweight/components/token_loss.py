@@ -138,10 +138,11 @@ def chunked_kl_to_reference(hidden: torch.Tensor, head: torch.nn.Module, ref_hid
     (N, H) of the current model and of the reference at the same positions. A chunk of rows at a
     time, each under activation checkpointing, so the backward rebuilds a chunk's logits instead of
     keeping (N, V) of them; the reference gets no gradient."""
+    grads = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
-        if hidden.requires_grad or torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
+        if grads:
             total = total + torch.utils.checkpoint.checkpoint(_kl_chunk, hidden[rows], ref_hidden[rows], head,
                                                               ref_head, use_reentrant=False)
         else:

@@ -33,8 +33,8 @@ import torch
 from transformers import Trainer
 
 from ..file_digests import digest_files, first_problem
-from .batching import pad_batch
 from .anchor_reference import AnchorReference
+from .batching import pad_batch
 from .finetune_losses import FINETUNE_METHODS, class_means, loss_sum, normaliser
 from .token_loss import chunked_kl_to_reference, chunked_token_ce, decoder_and_head
 
@@ -126,7 +126,8 @@ class WeightedLossTrainer(Trainer):
         hidden, head, boundary_hidden = self._final_hidden(model, inputs, boundary)
         # Position t-1 predicts token t; keep only target positions (flat over the batch).
         predict = inputs["loss_mask"][:, 1:].bool()
-        losses = self._target_ce(hidden[:, :-1][predict], head, inputs["input_ids"][:, 1:][predict])
+        target_hidden = hidden[:, :-1][predict]
+        losses = self._target_ce(target_hidden, head, inputs["input_ids"][:, 1:][predict])
         classes = inputs["token_class"][:, 1:][predict]
         weights = inputs["weight"][:, 1:][predict]
         n_samples = inputs["input_ids"].shape[0]
@@ -135,7 +136,7 @@ class WeightedLossTrainer(Trainer):
         if self.anchor is not None:
             with self.accelerator.autocast():
                 ref = self.anchor.final_hidden(inputs["input_ids"], inputs["attention_mask"], boundary_hidden)
-                kl = chunked_kl_to_reference(hidden[:, :-1][predict], head, ref[:, :-1][predict], self.anchor.head,
+                kl = chunked_kl_to_reference(target_hidden, head, ref[:, :-1][predict], self.anchor.head,
                                              self.chunk_rows)
         total = loss_sum(self.method, losses, classes, weights, sample_index, n_samples, self.tau, kl, self.kl_weight)
         if num_items_in_batch is None:  # outside training_step (e.g. evaluate): this batch alone
