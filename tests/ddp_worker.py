@@ -30,7 +30,11 @@ import torch
 
 from helpers import ddp_rows  # tests/ is on sys.path: pytest's, or under torchrun this script's directory
 
-VARIANTS = ("sft", "rft", "weighted", "external")
+VARIANTS = ("sft", "rft", "weighted", "dft", "asft", "external")
+# DFT's gradients are ~1e-5 of sft's on the random tiny model (each token's is scaled by its
+# probability, about 1/49152): a larger step moves it as far as sft moves, so that at asft's second
+# step the model has left its anchor and the KL term's gradient counts.
+LEARNING_RATE_SCALE = {"dft": 1e4, "asft": 1e4}
 
 
 def free_port() -> int:
@@ -68,6 +72,7 @@ def train_variant(variant: str, model_dir: str, tokenizer_dir: str, out: Path, b
     tokenizer = load_tokenizer(tokenizer_dir)
     model = load_model(model_dir)
     method = "weighted" if variant == "external" else variant
+    learning_rate *= LEARNING_RATE_SCALE.get(variant, 1.0)
     fc = FinetuneConfig(method=method, max_steps=steps, learning_rate=learning_rate, warmup_share=0.0,
                         batch_size=batch_size, grad_accum=grad_accum, logging_steps=1, save_steps=10_000, seed=0)
     args = training_arguments(fc, out / variant)

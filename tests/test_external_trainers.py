@@ -16,6 +16,7 @@ from tokenweight.external_trainers import (
     TokenWeightMixin,
     WeightedTokenCollator,
     WeightedTokenTrainer,
+    dft_token_loss,
     load_weight_shards,
     rft_token_loss,
     weighted_token_loss,
@@ -270,9 +271,9 @@ def test_adaptive_rft_loss_in_other_trainers_is_tokenweights_rft_loss(kind, weig
 
 
 def test_rft_in_other_trainers_refuses_rows_without_classes(weight_shards, tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="unknown token_loss"):
+    with pytest.raises(ValueError, match="unknown token_loss 'focal'"):
         _trainer("transformers", tiny_model_dir, load_weight_shards(weight_shards), tmp_path,
-                 trainer_kwargs={"token_loss": "dft"})
+                 trainer_kwargs={"token_loss": "focal"})
     rows = load_weight_shards(weight_shards, columns=("input_ids", "loss_mask", "weight"))
     trainer = _trainer("transformers", tiny_model_dir, rows, tmp_path, trainer_kwargs={"token_loss": "rft"})
     with pytest.raises(KeyError, match="token_loss rft needs token_class"):
@@ -294,3 +295,59 @@ def test_rft_token_loss_weighs_each_samples_classes_by_the_softmax_of_their_curr
     assert abs(got - static) > 0.1
     with pytest.raises(ValueError, match="token_class 0 or 1"):
         rft_token_loss(logits, labels, torch.tensor([[-1, 0, -1, 1]]), tau=2.0)
+
+
+def test_dft_of_uniform_logits_over_two_tokens_is_half_the_cross_entropy():
+    """Uniform logits over 2 tokens: CE log 2 and p 1/2 at each target, so dft is (log 2) / 2."""
+    labels = torch.tensor([[-100, 0, 1, -100]])
+    logits = torch.zeros(1, 4, 2)
+    assert dft_token_loss(logits, labels).item() == pytest.approx(math.log(2) / 2)
+    # asft's KL is 0 when the current model is the anchor.
+    assert dft_token_loss(logits, labels, anchor_logits=logits, kl_weight=0.1).item() == pytest.approx(math.log(2) / 2)
+
+
+def _reference_dft_loss(model_dir, params, batch, anchor_params=None, kl_weight=0.0) -> float:
+    """tokenweight's own dft (finetune_losses.dft_sum) over a collated batch, per target token, and for
+    asft its KL (token_loss.chunked_kl_to_reference, the finetune stage's) to the anchor's parameters."""
+    from tokenweight.components.finetune_losses import dft_sum
+    from tokenweight.components.token_loss import chunked_kl_to_reference
+
+    def forward(p):
+        model = load_model(model_dir)
+        model.load_state_dict(p)
+        with torch.no_grad():
+            hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return model, hidden
+
+    target = batch["labels"].ne(-100)
+    target[:, 0] = False  # token 0 is never predicted
+    model, hidden = forward(params)
+    with torch.no_grad():
+        ce = reference_token_losses(model, batch["input_ids"], batch["attention_mask"], target.long())
+    total = dft_sum(ce[target])
+    if anchor_params is not None:
+        anchor, anchor_hidden = forward(anchor_params)
+        predict = target[:, 1:]
+        with torch.no_grad():
+            total = total + kl_weight * chunked_kl_to_reference(hidden[:, :-1][predict], model.lm_head,
+                                                                anchor_hidden[:, :-1][predict], anchor.lm_head)
+    return (total / target.sum()).item()
+
+
+@pytest.mark.parametrize("kind", ["transformers", "trl"])
+@pytest.mark.parametrize("token_loss", ["dft", "asft"])
+def test_dft_and_asft_in_other_trainers_are_tokenweights_losses(kind, token_loss, weight_shards, tiny_model_dir, tmp_path):
+    """Each step's loss is tokenweight's dft (and for asft its KL to the model as training began) on
+    the same batch at the parameters the step started from; asft's second step has a non-zero KL."""
+    trainer = _trainer(kind, tiny_model_dir, load_weight_shards(weight_shards), tmp_path, recording=True,
+                       learning_rate=5.0, trainer_kwargs={"token_loss": token_loss, "kl_weight": 0.5})
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert len(trainer.steps) == 2
+    anchor = start if token_loss == "asft" else None
+    for params, batch, loss in trainer.steps:
+        expected = _reference_dft_loss(tiny_model_dir, params, batch, anchor, 0.5)
+        assert loss == pytest.approx(expected, abs=1e-6, rel=1e-5)
+    if token_loss == "asft":  # the second step's KL is not nothing: the two losses must differ there
+        params, batch, loss = trainer.steps[1]
+        assert loss - _reference_dft_loss(tiny_model_dir, params, batch) > 1e-4

@@ -38,10 +38,17 @@ Not covered: TRL's packing and padding-free modes, and tensor, context or sequen
 `token_loss="rft"` (a keyword of the trainer) swaps the static column for the adaptive rft loss:
 per sample softmax([L_b, L_r]/tau)-weighted class means from the batch's `token_class`,
 recomputed from the current losses at every step and detached, over the window's samples.
+`token_loss="dft"` is DFT (each token's CE times its detached probability, over the window's
+target tokens) for the plain Trainer, which has none; `token_loss="asft"` adds `kl_weight` (0.1) x
+KL(base ‖ current) over the full vocabulary at each target token, the base being a frozen copy of
+the model as the trainer got it (so it costs a second model and its (B, T, V) logits per batch).
+TRL has DFT itself (`loss_type="dft"`) but no ASFT: the mixin brings both, the same functions as
+tokenweight's own finetune (finetune_losses.dft_sum).
 """
 
 from __future__ import annotations
 
+import copy
 import glob
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,11 +65,11 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from .components.batching import pad_batch
-from .components.finetune_losses import normaliser, rft_sum, weighted_sum
+from .components.finetune_losses import dft_sum, normaliser, rft_sum, weighted_sum
 from .shards import SHARD_GLOB
 
 TRAIN_COLUMNS = ("input_ids", "loss_mask", "weight", "token_class")
-TOKEN_LOSSES = ("weighted", "rft")
+TOKEN_LOSSES = ("weighted", "rft", "dft", "asft")
 IGNORE_INDEX = -100  # the label of a token that is not a target, as transformers' losses expect
 
 
@@ -125,7 +132,8 @@ class WeightedTokenCollator:
 
 def window_normaliser(batches: Sequence[Mapping[str, torch.Tensor]], token_loss: str = "weighted") -> float:
     """The loss's denominator for collated batches: for `weighted` the sum of their target weights,
-    for `rft` their number of samples. Token 0 is never predicted (no context), so it never counts."""
+    for `rft` their number of samples, for `dft` and `asft` their target tokens. Token 0 is never
+    predicted (no context), so it never counts."""
     targets = [b["labels"][:, 1:] != IGNORE_INDEX for b in batches]
     tokens = sum(int(t.sum()) for t in targets)
     weight = sum(float(b["token_weight"][:, 1:][t].sum()) for b, t in zip(batches, targets))
@@ -170,6 +178,36 @@ def rft_token_loss(
     return total / (n if num_items_in_batch is None else num_items_in_batch)
 
 
+def dft_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | float | None = None,
+    anchor_logits: torch.Tensor | None = None,
+    kl_weight: float = 0.0,
+) -> torch.Tensor:
+    """DFT: sum over target tokens of p * CE (p = exp(-CE), detached) / num_items_in_batch (the
+    window's target tokens; this batch's when None). With `anchor_logits` (the frozen base's, same
+    shape as logits) it is ASFT: plus kl_weight * the sum of KL(base ‖ current) over the vocabulary."""
+    predict = labels[:, 1:] != IGNORE_INDEX
+    current = logits[:, :-1][predict].float()
+    losses = F.cross_entropy(current, labels[:, 1:][predict], reduction="none")
+    total = dft_sum(losses)
+    if anchor_logits is not None:
+        base = F.log_softmax(anchor_logits[:, :-1][predict].float(), dim=-1)
+        kl = (base.exp() * (base - F.log_softmax(current, dim=-1))).sum()
+        total = total + kl_weight * kl
+    return total / (int(predict.sum()) if num_items_in_batch is None else num_items_in_batch)
+
+
+def dft_loss_func(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | float | None = None, *,
+    anchor_logits: torch.Tensor | None = None, kl_weight: float = 0.0,
+) -> torch.Tensor:
+    """`dft_token_loss` with the signature of the Trainer's `compute_loss_func` (asft: the anchor's
+    logits for this batch bound)."""
+    return dft_token_loss(outputs.logits, labels, num_items_in_batch, anchor_logits, kl_weight)
+
+
 def rft_loss_func(
     outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | float | None = None, *,
     token_class: torch.Tensor, tau: float,
@@ -199,13 +237,18 @@ class TokenWeightMixin:
     # compute_loss divides by the whole window's normaliser itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, token_loss: str = "weighted", tau: float = 3.0, **kwargs: Any):
+    def __init__(self, *args: Any, token_loss: str = "weighted", tau: float = 3.0, kl_weight: float = 0.1,
+                 **kwargs: Any):
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(f"{type(self).__name__} brings its own loss; do not pass compute_loss_func")
         if token_loss not in TOKEN_LOSSES:
             raise ValueError(f"unknown token_loss {token_loss!r}; valid: {', '.join(TOKEN_LOSSES)}")
-        self.token_loss, self.tau = token_loss, tau
+        self.token_loss, self.tau, self.kl_weight = token_loss, tau, kl_weight
         super().__init__(*args, **kwargs)
+        # asft's anchor: the model as it is before any step, frozen. Built afresh from its config and
+        # weights, not deep-copied: a trainer may have replaced the instance's forward with a wrapper
+        # (accelerate, TRL) that a copy would keep, still calling the live model.
+        self.anchor = _frozen_copy(self.model) if token_loss == "asft" else None
         # The Trainer keeps only the columns model.forward takes, which would drop loss_mask and weight.
         if self.args.remove_unused_columns:
             raise ValueError(f"{type(self).__name__} needs remove_unused_columns=False (the collator reads "
@@ -237,9 +280,24 @@ class TokenWeightMixin:
                 raise KeyError("token_loss rft needs token_class in the batch: load it from the shards "
                                "(load_weight_shards does by default) and use WeightedTokenCollator")
             self.compute_loss_func = partial(rft_loss_func, token_class=token_class, tau=self.tau)
+        elif self.token_loss == "dft":
+            self.compute_loss_func = dft_loss_func
+        elif self.token_loss == "asft":
+            with torch.no_grad():
+                self.anchor.to(inputs["input_ids"].device)
+                anchor_logits = self.anchor(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
+            self.compute_loss_func = partial(dft_loss_func, anchor_logits=anchor_logits, kl_weight=self.kl_weight)
         else:
             self.compute_loss_func = partial(weighted_loss_func, token_weight=weight)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A new instance of the model's class with its config and a copy of its weights, frozen."""
+    parameter = next(model.parameters())
+    anchor = type(model)(copy.deepcopy(model.config))
+    anchor.load_state_dict(model.state_dict())
+    return anchor.to(device=parameter.device, dtype=parameter.dtype).eval().requires_grad_(False)
 
 
 class WeightedTokenTrainer(TokenWeightMixin, Trainer):
