@@ -177,6 +177,7 @@ def pipeline_config(model_dir: str, store, source: dict | None = None, **section
         "shuffle": {"floor": 8, "share": 0.01, "seed": 0},
         "discriminator": {"epochs": 1, "batch_tokens": 512, "train_layers": 2, "learning_rate": 1e-3},
         "score": {"batch_tokens": 1024, "chunk_rows": 64},
+        "critical": {"max_new_tokens": 8, "batch_size": 16},
         "weights": {"method": "rft", "margin": 0.0, "tau": 3.0},
         "finetune": {"max_steps": 2, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-3},
         "eval": {"max_new_tokens": 8, "batch_size": 8, "loss_batch_tokens": 1024},

@@ -27,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-from tokenweight.config import STAGES as PIPELINE_STAGES
+from tokenweight.config import ALL_STAGES as PIPELINE_STAGES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tokenweight"
 RECORD = Path(__file__).with_name("stage_code.json")

@@ -32,8 +32,9 @@ def all_keys(cfg):
     keys["discriminator"] = spec("discriminator").key(cfg, shuffled=record("shuffle", keys["shuffle"]), base=base)
     disc = record("discriminator", keys["discriminator"])
     keys["score"] = spec("score").key(cfg, prepared=prepared, disc=disc, base=base)
+    keys["critical"] = spec("critical").key(cfg, prepared=prepared, base=base)  # run for weights.method critical only
     keys["weights"] = spec("weights").key(cfg, scored=record("score", keys["score"]), prepared=prepared, disc=disc,
-                                          base=base)
+                                          base=base, critical=record("critical", keys["critical"]))
     return keys
 
 
@@ -51,16 +52,17 @@ def keys_to_eval(cfg):
 # Each stage's section and the stages that read its output (directly or through others); finetune
 # here is rft, which reads the weights stage.
 DOWNSTREAM = {
-    "prepare": set(STAGES),
+    "prepare": {*STAGES, "critical"},
     "shuffle": {"shuffle", "discriminator", "score", "weights", "finetune", "eval"},
     "discriminator": {"discriminator", "score", "weights", "finetune", "eval"},
     "score": {"score", "weights", "finetune", "eval"},
+    "critical": {"critical"},  # under rft; under weights.method critical it reaches weights too (below)
     "weights": {"weights", "finetune", "eval"},
     "finetune": {"finetune", "eval"},
     "eval": {"eval"},
 }
 # The device policy reaches every stage that runs a model (and what reads their outputs).
-SECTIONS = {**DOWNSTREAM, "device": {"discriminator", "score", "weights", "finetune", "eval"}}
+SECTIONS = {**DOWNSTREAM, "device": {"discriminator", "score", "critical", "weights", "finetune", "eval"}}
 FIELDS = [(section, field) for section in SECTIONS
           for field in type(getattr(PipelineConfig(), section)).model_fields]
 
@@ -114,8 +116,8 @@ def data_file(tmp_path):
         ("weights", {"method": "uniform"}, {"weights"}),
         ("score", {"chunk_rows": 7}, {"score", "weights"}),
         ("shuffle", {"seed": 3}, {"shuffle", "discriminator", "score", "weights"}),
-        ("prepare", {"max_tokens": 300}, {"prepare", "shuffle", "discriminator", "score", "weights"}),
-        ("prepare", {"eval_share": 0.5}, {"prepare", "shuffle", "discriminator", "score", "weights"}),
+        ("prepare", {"max_tokens": 300}, {"prepare", "shuffle", "discriminator", "score", "critical", "weights"}),
+        ("prepare", {"eval_share": 0.5}, {"prepare", "shuffle", "discriminator", "score", "critical", "weights"}),
     ],
 )
 def test_a_change_invalidates_its_stage_and_later_ones(tiny_model_dir, tmp_path, data_file, section, values, expected):
@@ -129,7 +131,7 @@ def test_keys_are_stable_across_calls_and_store_location(tiny_model_dir, tmp_pat
     src = {"kind": "file", "path": data_file}
     a = all_keys(pipeline_config(tiny_model_dir, tmp_path / "one", src))
     b = all_keys(pipeline_config(tiny_model_dir, tmp_path / "two", src))
-    assert a == b and len(set(a.values())) == 5
+    assert a == b and len(set(a.values())) == 6
 
 
 def test_editing_the_data_file_in_place_changes_the_prepare_key(tiny_model_dir, tmp_path, data_file):
@@ -170,3 +172,10 @@ def test_a_method_parameter_is_not_in_the_key_of_another_method(tiny_model_dir, 
     cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
     edited = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update={field: 0.123})})
     assert keys_to_eval(edited) == keys_to_eval(cfg)  # method rft: the parameter changes nothing
+
+
+def test_under_critical_weights_a_critical_setting_reaches_the_weights_and_later(tiny_model_dir, tmp_path, data_file):
+    cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file}, weights={"method": "critical"},
+                          finetune={"method": "weighted"})
+    edited = cfg.model_copy(update={"critical": cfg.critical.model_copy(update={"rule": "any"})})
+    assert changed(keys_to_eval(cfg), keys_to_eval(edited)) == {"critical", "weights", "finetune", "eval"}

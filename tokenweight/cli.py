@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import STAGES, load_config
+from .config import ALL_STAGES, load_config
 from .models import check_model_name
 from .preflight import verdict_lines
 from .serve import add_serve_parser, serve_command
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline on a config")
     run.add_argument("config", help="pipeline config (YAML), e.g. configs/demo.yaml")
     _config_options(run)
-    run.add_argument("--until", choices=STAGES, default="eval", help="stop after this stage")
+    run.add_argument("--until", choices=ALL_STAGES, default="eval", help="stop after this stage")
     compare = sub.add_parser("compare", help="train several fine-tune arms (default sft, rft) and compare them")
     compare.add_argument("config", help="pipeline config (YAML) with a compare section, e.g. configs/bfcl-smollm2.yaml")
     _config_options(compare)
@@ -102,6 +102,10 @@ def print_summary(weights_dir: Path, where: str) -> None:
               f"(precision {r['reasoning_precision']:.3f}, recall {r['reasoning_recall']:.3f})")
     if s.preflight is not None:
         print("\n".join(verdict_lines(s.preflight)))
+    if s.critical is not None:
+        c = s.critical
+        print(f"critical: {c['accepted']} train answers accepted ({c['wrong']} wrong, {c['unchecked']} with no checker), "
+              f"{c['critical_tokens']} of their {c['answer_tokens']} tokens critical; only they are trained on")
     print(f"weight shards: {where}/part-*.parquet")
     if (weights_dir / "report.html").exists():
         print(f"token report: {where}/report.html")
@@ -146,7 +150,8 @@ def _run_flow(args: argparse.Namespace, cfg):
 
 def print_compare(result: dict, seconds: float, store: Store) -> None:
     table_dir = store.local_dir("compare", result["compare"].key)
-    stages = [*result["shared"].values(), *result["finetune"].values(), *result["eval"].values()]
+    stages = [*result["shared"].values(), *result["weights"].values(), *result["finetune"].values(),
+              *result["eval"].values()]
     ran = sum(not r.cached for r in stages)
     print(f"\ntokenweight compare: {len(stages)} stages ({ran} ran, {len(stages) - ran} cached) in {seconds:.1f}s\n")
     print((table_dir / "table.md").read_text())

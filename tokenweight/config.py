@@ -12,7 +12,10 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# The stages every pipeline run goes through, in order.
 STAGES = ("prepare", "shuffle", "discriminator", "score", "weights", "finetune", "eval")
+# With the one that runs only for `weights.method: critical`, in its place: what `--until` accepts.
+ALL_STAGES = ("prepare", "shuffle", "discriminator", "score", "critical", "weights", "finetune", "eval")
 
 
 class _Strict(BaseModel):
@@ -211,14 +214,16 @@ class ScoreConfig(_Strict):
 class WeightsConfig(_MethodSection):
     """Classes from LD and the per-token `weight` column."""
 
-    method: Literal["rft", "uniform", "rho1", "prefix"] = Field(
+    method: Literal["rft", "uniform", "rho1", "prefix", "critical"] = Field(
         "rft",
         description="The `weight` column (each sample's weights sum to 1). `rft`: w_b/n_b on boilerplate, "
         "w_r/n_r on reasoning, (w_b, w_r) = softmax([L_b, L_r]/tau) at the base model's losses; `uniform`: 1/n "
         "on every target token; `rho1`: 1/k on the k = ceil(rho1_top_share * n) tokens with the largest excess "
         "loss (base minus the matched control; Rho-1); `prefix`: equal weight on the first `prefix_tokens` "
-        "target tokens of each assistant turn (UPFT's prefix). Train on it with `finetune.method: weighted`; "
-        "`token_class` is SHAD's whatever the method.",
+        "target tokens of each assistant turn (UPFT's prefix); `critical`: each train sample whose base-model "
+        "greedy answer the checker accepts becomes that answer, with equal weight on its critical tokens (the "
+        "critical stage; CFT), every other train sample weight 0. Train on it with `finetune.method: weighted`; "
+        "`token_class` is SHAD's, except on critical's own answers, where it marks the critical tokens.",
     )
     rho1_top_share: float = Field(0.6, gt=0, le=1, description="`rho1`: the share of each sample's target tokens "
                                   "that gets weight (Rho-1 trains on 60-70%). Part of the key only for rho1.")
@@ -243,6 +248,18 @@ class WeightsConfig(_MethodSection):
     report_samples: int = Field(200, ge=0, description="How many samples report.html shows (the first ones, in shard order).")
 
     _method_parameters: ClassVar[dict[str, str]] = {"rho1_top_share": "rho1", "prefix_tokens": "prefix"}
+
+
+class CriticalConfig(_Strict):
+    """Critical tokens of the base model's own accepted answers (CFT), for `weights.method: critical`."""
+
+    substitutes: int = Field(2, ge=1, le=8, description="How many substitutes each answer token is probed "
+                             "with: the model's next most likely tokens there (2: the 2nd and 3rd, as in CFT).")
+    rule: Literal["all", "any"] = Field(
+        "all", description="`all`: a token is critical when no substitute's greedy continuation is accepted "
+        "(nothing plausible stands in its place); `any`: when one substitute's continuation is rejected.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer, the substitute's continuation included.")
+    batch_size: int = Field(64, ge=1, description="Sequences per generation batch.")
 
 
 class FinetuneConfig(_MethodSection):
@@ -328,6 +345,7 @@ class PipelineConfig(_Strict):
     shuffle: ShuffleConfig = Field(default_factory=ShuffleConfig)
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    critical: CriticalConfig = Field(default_factory=CriticalConfig)
     weights: WeightsConfig = Field(default_factory=WeightsConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -445,7 +463,8 @@ def reference_markdown() -> str:
                 ("prepare.source (kind: synthetic)", SyntheticSource), ("prepare.source (kind: roles)", RolesSource),
                 ("prepare.source (kind: bfcl_roles)", BfclRolesSource), ("prepare.source (kind: gsm8k)", Gsm8kSource),
                 ("prepare.source (kind: reasoning_gym)", ReasoningGymSource), ("shuffle", ShuffleConfig),
-                ("discriminator", DiscriminatorConfig), ("score", ScoreConfig), ("weights", WeightsConfig),
+                ("discriminator", DiscriminatorConfig), ("score", ScoreConfig), ("critical", CriticalConfig),
+                ("weights", WeightsConfig),
                 ("finetune", FinetuneConfig), ("eval", EvalConfig), ("compare", CompareConfig),
                 ("compare.arms[]", ArmConfig)]
     out = []

@@ -60,7 +60,8 @@ def write_report(shards: list[Path], summary: WeightsSummary, out: Path, max_sam
     for path in shards:
         for row in pq.read_table(path, columns=COLUMNS).to_pylist():
             mask = np.asarray(row["loss_mask"], dtype=bool)
-            lds.append((np.asarray(row["loss_disc"], np.float32) - np.asarray(row["loss_ref"], np.float32))[mask])
+            if row["loss_disc"] is not None:  # null on a critical answer: SHAD never scored that text
+                lds.append((np.asarray(row["loss_disc"], np.float32) - np.asarray(row["loss_ref"], np.float32))[mask])
             if len(rendered) < max_samples:
                 rendered.append(_sample(row))
                 tokens += len(row["offsets"])
@@ -94,10 +95,13 @@ def _sample(row: dict[str, Any]) -> str:
         if c < 0:
             parts.append(f"<span class='tok cm'>{piece}</span>")
             continue
-        ld = row["loss_disc"][i] - row["loss_ref"][i]
         shade = 0.15 + 0.7 * (weights[i] / top if top > 0 else 0.0)
-        tip = (f"LD {ld:+.3f} | loss base {row['loss_base'][i]:.3f}, disc {row['loss_disc'][i]:.3f}, "
-               f"ref {row['loss_ref'][i]:.3f} | weight {weights[i]:.4g}")
+        if row["loss_disc"] is None:  # a critical answer: class 1 is a critical token
+            tip = f"{'critical' if c == 1 else 'not critical'} | loss base {row['loss_base'][i]:.3f} | weight {weights[i]:.4g}"
+        else:
+            ld = row["loss_disc"][i] - row["loss_ref"][i]
+            tip = (f"LD {ld:+.3f} | loss base {row['loss_base'][i]:.3f}, disc {row['loss_disc'][i]:.3f}, "
+                   f"ref {row['loss_ref'][i]:.3f} | weight {weights[i]:.4g}")
         parts.append(f"<span class='tok c{c}' style='--w:{shade:.2f}' title='{tip}'>{piece}</span>")
     parts.append("</div>")
     return "".join(parts)
@@ -118,6 +122,10 @@ def _summary(s: WeightsSummary, ld: np.ndarray) -> str:
         rows.append(("pre-flight", "<span class='{}'>{}</span>".format(
             "ok" if p["fits"] else "warn", "fits the method's premise" if p["fits"] else "does NOT fit the method's premise")))
         rows += [(f"{'ok' if c['ok'] else 'WARN'}: {c['name']}", html.escape(c["message"])) for c in p["checks"]]
+    if s.critical is not None:
+        c = s.critical
+        rows.append(("critical answers (trained on)", f"{c['accepted']} accepted ({c['wrong']} wrong, {c['unchecked']} "
+                     f"unchecked); {c['critical_tokens']} of {c['answer_tokens']} tokens critical (class 1 on them)"))
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     top = "".join(
         f"<p class='top'>most frequent {cls}: "

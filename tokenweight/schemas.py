@@ -52,6 +52,28 @@ SCORES = pa.schema(
     ]
 )
 
+# critical: `part-*.parquet`, rows in the order of the prepared shard of the same index
+CRITICAL = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        # accepted | wrong (the checker rejected the greedy answer) | unchecked (no checker for the
+        # sample) | unencodable (the template cannot render the answer) | eval (not probed)
+        ("status", pa.string()),
+        ("answer", pa.string()),  # the base model's greedy answer (null where none was generated)
+        ("answer_ids", pa.list_(pa.int32())),
+        ("answer_critical", pa.list_(pa.int8())),  # per answer token: 1 critical, 0 not (accepted only)
+        ("kept", pa.list_(pa.list_(pa.bool_()))),  # per answer token and substitute: still accepted? (null: not probed)
+        # The training sample the accepted answer becomes (null otherwise): SAMPLE_FIELDS but id and split
+        ("text", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("offsets", pa.list_(pa.list_(pa.int32()))),
+        ("loss_mask", pa.list_(pa.int8())),
+        ("critical", pa.list_(pa.int8())),  # per token of input_ids: -1 off target, 1 critical, 0 not
+        ("loss_base", pa.list_(pa.float32())),  # per token of input_ids, under the base model
+    ]
+)
+
 # weights: `part-*.parquet`, the weighted dataset (DESIGN.md's shard schema)
 WEIGHTED = pa.schema(
     [

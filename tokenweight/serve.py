@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import STAGES, ConfigError
+from .config import ALL_STAGES, ConfigError
 
 
 def serve(config: str, overrides: list[str], name: str | None = None, until: str = "eval",
@@ -54,7 +54,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="override a config value (repeatable), passed to every run as a parameter")
     command.add_argument("--name", help="deployment name (default: the config file's name without .yaml)")
-    command.add_argument("--until", choices=STAGES, default="eval", help="the pipeline runs stop after this stage")
+    command.add_argument("--until", choices=ALL_STAGES, default="eval", help="the pipeline runs stop after this stage")
     when = command.add_mutually_exclusive_group()
     when.add_argument("--cron", help="run the pipeline on this cron schedule (UTC), e.g. '0 2 * * *' for nightly")
     when.add_argument("--interval", type=int, metavar="SECONDS", help="run the pipeline every this many seconds")

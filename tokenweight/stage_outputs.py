@@ -89,11 +89,13 @@ class WeightsSummary:
     top_tokens: dict[str, list[dict[str, Any]]]  # per class: token, id, count
     roles: dict[str, float] | None  # against known roles, when the source knows them
     preflight: dict[str, Any] | None  # preflight.verdict
+    critical: dict[str, Any] | None = None  # weights.method critical: the answers' counts (critical stage)
 
     def write(self, directory: Path) -> Path:
         data = asdict(self)
-        if self.roles is None:
-            del data["roles"]
+        for optional in ("roles", "critical"):
+            if data[optional] is None:
+                del data[optional]
         path = Path(directory) / self.FILE
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
         return path

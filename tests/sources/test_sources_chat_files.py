@@ -299,3 +299,16 @@ def test_parquet_without_usable_columns_names_file_and_columns(tmp_path):
         read_chat_file(str(path))
     message = str(error.value)
     assert "wrong.parquet" in message and "text, label, prompt" in message
+
+
+def test_a_final_answer_is_kept_for_the_checkers_in_canonical_form(tmp_path):
+    rows = [{"id": "n", **GOOD, "answer": 1234.50}, {"id": "s", **GOOD, "answer": "$1,600"}, {"id": "none", **GOOD}]
+    samples, rejects = read(write_jsonl(tmp_path, rows))
+    assert rejects == []
+    assert [s.meta for s in samples] == [{"answer": "1234.5"}, {"answer": "1600"}, {}]
+
+
+@pytest.mark.parametrize(("answer", "needle"), [("twelve", "answer 'twelve' is not a number"),
+                                                ([3], "answer is list"), (True, "answer is bool")])
+def test_an_answer_that_is_not_a_number_is_rejected(tmp_path, answer, needle):
+    assert needle in only_reject(tmp_path, {**GOOD, "answer": answer}).reason

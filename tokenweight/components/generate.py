@@ -1,4 +1,4 @@
-"""Greedy batched generation for the eval stage: transformers `generate` or vLLM.
+"""Greedy batched generation for the eval and critical stages: transformers `generate` or vLLM.
 
 Prompts are chat-template texts ending in the generation prompt. The hf backend sorts prompts by
 length so each batch pads little, pads on the left (what decoder-only generation needs) and
@@ -30,37 +30,48 @@ def pick_backend(backend: str) -> str:
     return backend
 
 
-@torch.no_grad()
 def hf_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
                 on_batch: Callable[[int, int], None] | None = None) -> tuple[list[str], list[int]]:
     """Greedy answers (decoded, special tokens dropped) and their generated token counts."""
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
-    counts: list[int] = [0] * len(prompts)
-    pad = tokenizer.pad_token_id
-    eos = _stop_ids(tokenizer)
+    new = greedy_ids(model, encoded, max_new_tokens, batch_size, tokenizer.pad_token_id, stop_ids(tokenizer), on_batch)
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in new], [len(ids) for ids in new]
+
+
+@torch.no_grad()
+def greedy_ids(model, encoded: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], batch_size: int,
+               pad: int, eos: Sequence[int], on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """The greedy continuation of each token-id prompt, cut before its first end-of-turn id.
+
+    `max_new_tokens` is one budget for all or one per prompt (a batch decodes to its largest, and
+    each continuation is cut to its own). Prompts run sorted by length so each batch pads little,
+    padded on the left (what decoder-only generation needs); results come back in the given order.
+    """
+    budgets = [max_new_tokens] * len(encoded) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[list[int]] = [[] for _ in encoded]
     device = next(model.parameters()).device
     model.eval()
     for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+        batch = [i for i in order[start : start + batch_size] if budgets[i] > 0]
+        if not batch:
+            continue
         width = max(len(encoded[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
         for b, i in enumerate(batch):
             ids[b, width - len(encoded[i]) :] = torch.as_tensor(encoded[i])
             attn[b, width - len(encoded[i]) :] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                             temperature=None, top_p=None, top_k=None)
+        generated = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
+                                   max_new_tokens=max(budgets[i] for i in batch), pad_token_id=pad,
+                                   eos_token_id=list(eos), temperature=None, top_p=None, top_k=None)
         for b, i in enumerate(batch):
-            new = out[b, width:].tolist()
+            new = generated[b, width:].tolist()[: budgets[i]]
             cut = next((k for k, t in enumerate(new) if t in eos), len(new))
-            counts[i] = cut
-            answers[i] = tokenizer.decode(new[:cut], skip_special_tokens=True)
+            out[i] = new[:cut]
         if on_batch:
-            on_batch(len(batch), sum(counts[i] for i in batch))
-    return answers, counts
+            on_batch(len(batch), sum(len(out[i]) for i in batch))
+    return out
 
 
 def vllm_generate(model_dir: str, prompts: Sequence[str], max_new_tokens: int, seed: int = 0,
@@ -78,7 +89,7 @@ def vllm_generate(model_dir: str, prompts: Sequence[str], max_new_tokens: int, s
     return answers, counts
 
 
-def _stop_ids(tokenizer) -> list[int]:
+def stop_ids(tokenizer) -> list[int]:
     """End-of-turn ids: the eos token and the chat template's turn end where it differs."""
     ids = {tokenizer.eos_token_id}
     for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):

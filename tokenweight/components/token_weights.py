@@ -25,6 +25,8 @@ import math
 import numpy as np
 
 
+# The methods sample_weights computes from a sample's scores; `critical` weighs the critical stage's
+# answers instead (critical_weights).
 WEIGHT_METHODS = ("rft", "uniform", "rho1", "prefix")
 # Characters that make up a word, values included: identifiers, numbers, dates, times, e-mails,
 # paths. Quotes, brackets, `=`, `,` and spaces end a word; so does a connector at a word's end.
@@ -224,6 +226,14 @@ def prefix_weights(loss_mask: np.ndarray, prefix_tokens: int) -> np.ndarray:
     return (weight / total).astype(np.float32) if total else weight
 
 
+def critical_weights(flags: np.ndarray) -> np.ndarray:
+    """Equal weight on the tokens flagged critical (1), summing to 1; all 0 when none is (an answer
+    no probed substitute breaks teaches nothing under CFT)."""
+    weight = (np.asarray(flags) == 1).astype(np.float32)
+    total = weight.sum(dtype=np.float64)
+    return (weight / total).astype(np.float32) if total else weight
+
+
 def sample_weights(method: str, loss_base: np.ndarray, classes: np.ndarray, loss_mask: np.ndarray, tau: float,
                    loss_ref: np.ndarray | None = None, top_share: float = 0.6, prefix_tokens: int = 8) -> np.ndarray:
     """One sample's `weight` column by `method`; each sums to 1 over the sample's target tokens
@@ -238,4 +248,7 @@ def sample_weights(method: str, loss_base: np.ndarray, classes: np.ndarray, loss
         return rho1_weights(loss_base, loss_ref, loss_mask, top_share)
     if method == "prefix":
         return prefix_weights(loss_mask, prefix_tokens)
+    if method == "critical":
+        raise ValueError("weights.method critical weighs the critical stage's answers, not SHAD's scores: "
+                         "use critical_weights on that stage's flags")
     raise ValueError(f"unknown weight method {method!r}; valid: {', '.join(WEIGHT_METHODS)}")

@@ -26,9 +26,10 @@ from .weighted_trainer import TokenRows, WeightedLossTrainer, collate, last_comp
 
 def train_rows(directory: Path, with_weights: bool) -> list[dict[str, Any]]:
     """The train split's rows; without the weights stage every token's class is unknown (-1) and
-    its weight 1."""
+    its weight 1. A row whose weights are all 0 (critical's samples without an accepted answer)
+    adds nothing to any loss, so it is left out of training, and counted in the log."""
     columns = ["split", "input_ids", "loss_mask"] + (["token_class", "weight"] if with_weights else [])
-    rows = []
+    rows, unweighted = [], 0
     for _, table in iter_shards(directory, columns):
         for row in table.to_pylist():
             if row.pop("split") != "train":
@@ -36,9 +37,15 @@ def train_rows(directory: Path, with_weights: bool) -> list[dict[str, Any]]:
             if not with_weights:
                 row["token_class"] = [-1] * len(row["input_ids"])
                 row["weight"] = [1.0] * len(row["input_ids"])
+            elif not any(w and m for w, m in zip(row["weight"], row["loss_mask"])):
+                unweighted += 1
+                continue
             rows.append(row)
+    if unweighted:
+        logger().info("finetune: %d train samples have no weight on any target token and are left out", unweighted)
     if not rows:
-        raise ValueError(f"{directory}: the train split is empty")
+        detail = f" (all {unweighted} have weight 0 on every token: see the weights stage's summary.json)" if unweighted else ""
+        raise ValueError(f"{directory}: no train sample to fine-tune on{detail}")
     return rows
 
 

@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from ..config import PipelineConfig
 from ..models import ModelRef
 from ..tasks.compare import COMPARE
+from ..tasks.critical import CRITICAL
 from ..tasks.eval import EVAL, finetuned_ref
 from ..tasks.finetune import FINETUNE
 from ..tasks.weights import WEIGHTS
@@ -41,9 +42,12 @@ def compare(cfg: PipelineConfig) -> dict[str, Any]:
         arm_cfg = cfg.arm(arm)
         weighted = shared["weights"]
         if arm.weights:  # its own weight column, from the shared scores
+            critical = shared.get("critical")
+            if arm_cfg.weights.method == "critical" and critical is None:  # one critical stage for every such arm
+                critical = shared["critical"] = run.stage(CRITICAL, arm_cfg, prepared=shared["prepare"], base=base)
             weighted = arm_weights[arm.name] = run.stage(
                 WEIGHTS, arm_cfg, run_name=f"weights[{arm.name}]", scored=shared["score"], prepared=shared["prepare"],
-                disc=shared["discriminator"], base=base)
+                disc=shared["discriminator"], base=base, critical=critical)
         finetuned[arm.name] = run.stage(FINETUNE, arm_cfg, run_name=f"finetune[{arm.name}]", base=base,
                                         prepared=shared["prepare"], weighted=weighted)
         evals[arm.name] = run.stage(EVAL, arm_cfg, **data, model=finetuned_ref(run.store, arm.name, finetuned[arm.name]))

@@ -1,4 +1,5 @@
-"""The pipeline: prepare -> shuffle -> discriminator -> score -> weights -> finetune -> eval, each cached.
+"""The pipeline: prepare -> shuffle -> discriminator -> score [-> critical] -> weights -> finetune -> eval,
+each cached (critical only for `weights.method: critical`).
 
 The flow only orchestrates: it opens the store once, then runs each stage (a `Stage`
 declaration, run by stage_protocol.run_task) with the config and the records of the stages it
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from ..config import STAGES, PipelineConfig
+from ..config import ALL_STAGES, PipelineConfig
 from ..models import ModelRef, resolve_base_model
 from ..prefect_records import RecordStorage, record_storage
 from ..run_log import logger
 from ..stage_protocol import Stage, run_task
 from ..store import StageRecord, Store
+from ..tasks.critical import CRITICAL
 from ..tasks.discriminator import DISCRIMINATOR
 from ..tasks.eval import EVAL, finetuned_ref
 from ..tasks.finetune import FINETUNE
@@ -53,8 +55,8 @@ def base_model_task(cfg: PipelineConfig, store: Store) -> ModelRef:
 
 def run_stages(cfg: PipelineConfig, run: Run, base: ModelRef, until: str) -> dict[str, StageRecord]:
     """The stages in order up to and including `until`, each cached; returns their records."""
-    if until not in STAGES:
-        raise ValueError(f"unknown stage {until!r}; valid: {', '.join(STAGES)}")
+    if until not in ALL_STAGES:
+        raise ValueError(f"unknown stage {until!r}; valid: {', '.join(ALL_STAGES)}")
     out: dict[str, StageRecord] = {}
 
     def stage(spec: Stage, **params) -> bool:
@@ -69,7 +71,11 @@ def run_stages(cfg: PipelineConfig, run: Run, base: ModelRef, until: str) -> dic
         return out
     if stage(SCORE, prepared=out["prepare"], disc=out["discriminator"], base=base):
         return out
-    if stage(WEIGHTS, scored=out["score"], prepared=out["prepare"], disc=out["discriminator"], base=base):
+    if cfg.weights.method == "critical" or until == "critical":
+        if stage(CRITICAL, prepared=out["prepare"], base=base):
+            return out
+    if stage(WEIGHTS, scored=out["score"], prepared=out["prepare"], disc=out["discriminator"], base=base,
+             critical=out.get("critical")):
         return out
     if stage(FINETUNE, prepared=out["prepare"], weighted=out["weights"], base=base):
         return out

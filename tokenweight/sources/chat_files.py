@@ -2,8 +2,9 @@
 
 Accepted rows:
   {"id"?: str, "messages": [{"role", "content", "tool_calls"?}, ...], "tools"?: [...],
-   "reasoning_spans"?: {"<message index>": [[start, end], ...]}}
-  {"id"?: str, "prompt": str, "completion": str}
+   "reasoning_spans"?: {"<message index>": [[start, end], ...]}, "answer"?: number}
+  {"id"?: str, "prompt": str, "completion": str, "answer"?: number}
+`answer` (a final number, as in GSM8K) lets the eval and critical stages check the model's answers.
 Assistant `tool_calls` are rendered as `[name(arg=value, ...)]` after the content, and `tools`
 are rendered into the system message, so later stages only ever see role + text.
 
@@ -26,6 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tokenweight.samples import ROLES, Sample, Reject
+from tokenweight.sources.numbers import normalize_number
 from tokenweight.sources.tools_text import format_calls, system_with_tools
 
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -149,9 +151,23 @@ def _parse_row(path: str, line: int, stem: str, row: Any) -> Sample | Reject:
     try:
         messages, shift = _with_tools(_messages(row), row.get("tools"))
         spans = _reasoning_spans(row.get("reasoning_spans"), messages, shift)
+        meta = _answer_meta(row.get("answer"))
     except _BadRow as error:
         return Reject(path, line, sample_id, str(error))
-    return Sample(sample_id, messages, f"{path}:{line}", reasoning_spans=spans)
+    return Sample(sample_id, messages, f"{path}:{line}", reasoning_spans=spans, meta=meta)
+
+
+def _answer_meta(value: Any) -> dict[str, str]:
+    """An optional final answer (a number, as GSM8K's): the eval and critical stages check the
+    model's answer against it, by its final number."""
+    if value is None:
+        return {}
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _BadRow(f"answer is {_kind(value)}, expected a number or a string holding one")
+    number = normalize_number(str(value))
+    if number is None:
+        raise _BadRow(f"answer {value!r} is not a number")
+    return {"answer": number}
 
 
 def _row_id(value: Any, stem: str, line: int) -> str:
