@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a finished weights output, {store}/weights/{key}; several (one data set per format): "
                             "all their formats in one table, then leave-one-format-out")
     roles.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
+    roles.add_argument("--errors", type=int, default=0, metavar="N",
+                       help="also list the N most frequent misclassified tokens of each run's own classes")
     roles.add_argument("--debug", action="store_true", help="show tracebacks")
     add_serve_parser(sub)
     return parser
@@ -112,11 +114,13 @@ def print_summary(weights_dir: Path, where: str) -> None:
 
 
 def _roles(args: argparse.Namespace) -> int:
-    from .role_report import role_table, suite_table
+    from .role_report import error_table, role_table, suite_table
 
     try:
         dirs = [Path(d) for d in args.weights_dir]
         print(role_table(dirs[0], args.margins) if len(dirs) == 1 else suite_table(dirs, args.margins))
+        for directory in dirs if args.errors else []:
+            print(f"\nMisclassified tokens of {directory} (its own classes):\n\n{error_table(directory, args.errors)}")
     except (OSError, ValueError, KeyError) as err:
         if args.debug:
             raise

@@ -184,3 +184,46 @@ def leave_one_out_table(runs: list[RunRoles]) -> str:
                      f"| {got['reasoning_recall']:.3f} | {got['reasoning_f1']:.3f} "
                      f"| {scores[held][best]['reasoning_f1']:.3f} ({', '.join(map(str, best))}) |")
     return "\n".join(lines)
+
+
+def error_table(weights_dir: Path, top: int = 15) -> str:
+    """Where the run's own classes (the weights stage's `token_class`) miss the known roles, token by
+    token: the most frequent false positives and false negatives, each with its count, mean LD and
+    one example in context, and how many false positives sit right after a reasoning token (where a
+    value ends: BFCL's syntax-tree rules leave that token unscored, since whether a value ended
+    there is itself information; the role suite does so only inside calls)."""
+    prep_dir = weights_dir.parent.parent / "prepare" / Manifest.read(weights_dir).inputs["prepare"]
+    errors = {"false positives": {}, "false negatives": {}}  # token text -> [count, LD sum, example]
+    predicted = after_value = 0
+    columns = ["text", "offsets", "token_class", "loss_disc", "loss_ref"]
+    for (_, weighted), (_, prep) in zip(iter_shards(weights_dir, columns), iter_shards(prep_dir, ["role_truth"])):
+        for w, p in zip(weighted.to_pylist(), prep.to_pylist(), strict=True):
+            truth = p["role_truth"]
+            if truth is None or w["loss_disc"] is None:  # no roles, or a text SHAD never scored
+                continue
+            ld = np.asarray(w["loss_disc"], np.float32) - np.asarray(w["loss_ref"], np.float32)
+            text, offsets = w["text"], w["offsets"]
+            for t, (c, r) in enumerate(zip(w["token_class"], truth, strict=True)):
+                if r < 0 or c < 0:
+                    continue
+                predicted += c == 1
+                if c == r:
+                    continue
+                kind = "false positives" if c == 1 else "false negatives"
+                after_value += kind == "false positives" and t > 0 and truth[t - 1] == 1
+                token = text[offsets[t][0]:offsets[t][1]]
+                entry = errors[kind].setdefault(token, [0, 0.0, None])
+                entry[0] += 1
+                entry[1] += float(ld[t])
+                if entry[2] is None:
+                    a, b = offsets[t]
+                    entry[2] = f"{text[max(0, a - 30):a]}[{token}]{text[b:b + 15]}"
+    n_fp = sum(e[0] for e in errors["false positives"].values())
+    lines = [f"False positives: {n_fp} of {predicted} tokens classed reasoning; {after_value} of them "
+             f"({after_value / max(1, n_fp):.0%}) right after a reasoning token."]
+    for kind, found in errors.items():
+        lines += ["", f"| {kind} | count | mean LD | example |", "| --- | --- | --- | --- |"]
+        for token, (count, ld_sum, example) in sorted(found.items(), key=lambda kv: -kv[1][0])[:top]:
+            shown = example.replace("\n", "\\n").replace("|", "\\|")
+            lines.append(f"| {json.dumps(token, ensure_ascii=False)} | {count} | {ld_sum / count:+.2f} | `{shown}` |")
+    return "\n".join(lines)

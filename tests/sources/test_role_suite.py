@@ -494,3 +494,23 @@ def test_calibrated_margin_mirrors_the_negative_side_of_ld():
     m = calibrated_margin(ld)
     assert abs(m - 0.2 * 1.96) < 0.03  # the 95% point of |noise|, untouched by the positive tail
     assert calibrated_margin(np.array([0.5, 1.0])) == 0.0
+
+
+def test_error_table_lists_the_runs_own_misclassified_tokens(tmp_path):
+    """False positives and negatives of the weights stage's classes against the roles, counted per
+    token text, with mean LD, an example, and the false positives right after a reasoning token."""
+    from tokenweight.role_report import error_table
+
+    rows = [_row(None, [1, 0, 0, -1], [0.0] * 4), _row(None, [0, 1, 0, 0], [0.0] * 4)]
+    weights = _fake_run(tmp_path, rows)
+    texts = ["ab,c", "xyz."]
+    classes = [[1, 1, 1, 1], [0, 0, 1, 0]]  # fp after a value, fp, unscored; fn, fp after a value
+    weighted = [{"text": t, "offsets": [[i, i + 1] for i in range(4)], "token_class": c,
+                 "loss_disc": [2.0, 3.0, 1.0, 0.0], "loss_ref": [0.0] * 4} for t, c in zip(texts, classes)]
+    pq.write_table(pa.Table.from_pylist(weighted), weights / "part-00000.parquet")
+    out = error_table(weights, top=5)
+    assert out.splitlines()[0] == ("False positives: 3 of 4 tokens classed reasoning; 2 of them (67%) "
+                                   "right after a reasoning token.")
+    assert '| "b" | 1 | +3.00 | `a[b],c` |' in out and '| "," | 1 | +1.00 | `ab[,]c` |' in out
+    assert '| "z" | 1 | +1.00 | `xy[z].` |' in out  # right after the reasoning "y"
+    assert out.index("false negatives") < out.index('| "y" | 1 | +3.00 | `x[y]z.` |')
