@@ -66,6 +66,7 @@ from transformers import Trainer
 
 from .components.batching import pad_batch
 from .components.finetune_losses import dft_sum, normaliser, rft_sum, weighted_sum
+from .components.token_loss import kl_to_reference_logits
 from .shards import SHARD_GLOB
 
 TRAIN_COLUMNS = ("input_ids", "loss_mask", "weight", "token_class")
@@ -193,9 +194,7 @@ def dft_token_loss(
     losses = F.cross_entropy(current, labels[:, 1:][predict], reduction="none")
     total = dft_sum(losses)
     if anchor_logits is not None:
-        base = F.log_softmax(anchor_logits[:, :-1][predict].float(), dim=-1)
-        kl = (base.exp() * (base - F.log_softmax(current, dim=-1))).sum()
-        total = total + kl_weight * kl
+        total = total + kl_weight * kl_to_reference_logits(current, anchor_logits[:, :-1][predict])
     return total / (int(predict.sum()) if num_items_in_batch is None else num_items_in_batch)
 
 

@@ -9,13 +9,13 @@ so the loss mask covers the answer and its end-of-turn marker as it does for ref
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .chat_encode import Encoded, assistant_spans, encode_conversation
+from .token_loss import accepts_logits_to_keep
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def ranked_next_tokens(model, prompt_ids: Sequence[int], answer_ids: Sequence[in
     device = next(model.parameters()).device
     ids = torch.as_tensor([list(prompt_ids) + list(answer_ids)], device=device)
     keep = len(answer_ids) + 1  # the last prompt position predicts the first answer token
-    if "logits_to_keep" in inspect.signature(type(model).forward).parameters:
+    if accepts_logits_to_keep(model):
         logits = model(input_ids=ids, logits_to_keep=keep).logits[0, :-1]
     else:
         logits = model(input_ids=ids).logits[0, -keep:-1]

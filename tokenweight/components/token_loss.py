@@ -7,6 +7,8 @@ Cross-Entropy and Liger's fused linear cross-entropy, in plain torch).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.utils.checkpoint
 import torch.nn.functional as F
@@ -124,12 +126,25 @@ def reference_token_losses(model, input_ids, attention_mask, loss_mask) -> torch
     return out
 
 
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward declares `logits_to_keep` (read from the class: accelerate
+    replaces the instance's forward with its autocast wrapper)."""
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+
+
+def kl_to_reference_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """sum over rows of KL(reference ‖ current) over the vocabulary, from (N, V) logits of each;
+    the reference's are taken as given (no gradient is meant to reach them)."""
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    log_p = F.log_softmax(ref_logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
 def _kl_chunk(hidden: torch.Tensor, ref_hidden: torch.Tensor, head: torch.nn.Module,
               ref_head: torch.nn.Module) -> torch.Tensor:
-    log_q = F.log_softmax(head(hidden).float(), dim=-1)
     with torch.no_grad():
-        log_p = F.log_softmax(ref_head(ref_hidden).float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum()
+        ref_logits = ref_head(ref_hidden)
+    return kl_to_reference_logits(head(hidden), ref_logits)
 
 
 def chunked_kl_to_reference(hidden: torch.Tensor, head: torch.nn.Module, ref_hidden: torch.Tensor,

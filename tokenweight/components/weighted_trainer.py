@@ -20,7 +20,6 @@ module adds what it lacks for token-level methods:
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import shutil
@@ -36,7 +35,7 @@ from ..file_digests import digest_files, first_problem
 from .anchor_reference import AnchorReference
 from .batching import pad_batch
 from .finetune_losses import FINETUNE_METHODS, class_means, loss_sum, normaliser
-from .token_loss import chunked_kl_to_reference, chunked_token_ce, decoder_and_head
+from .token_loss import accepts_logits_to_keep, chunked_kl_to_reference, chunked_token_ce, decoder_and_head
 
 COMPLETE_MARKER = "tokenweight-complete.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -175,7 +174,7 @@ class WeightedLossTrainer(Trainer):
                 lambda module, args, kwargs: entering.append(args[0] if args else kwargs["hidden_states"]),
                 with_kwargs=True))
         kwargs = {}
-        if _accepts_logits_to_keep(unwrapped):
+        if accepts_logits_to_keep(unwrapped):
             # A 1-D index tensor keeps those positions of every row: none (transformers'
             # slice_logits_to_keep; an int would mean "the last n", and 0 all of them).
             kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
@@ -231,12 +230,6 @@ class WeightedLossTrainer(Trainer):
             self._tally.zero_()
             self._tally_since = now
         super().log(logs, start_time)
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    """Whether the model's forward declares `logits_to_keep` (read from the class: accelerate
-    replaces the instance's forward with its autocast wrapper)."""
-    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
