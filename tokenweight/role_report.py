@@ -195,6 +195,7 @@ def error_table(weights_dir: Path, top: int = 15) -> str:
     prep_dir = weights_dir.parent.parent / "prepare" / Manifest.read(weights_dir).inputs["prepare"]
     errors = {"false positives": {}, "false negatives": {}}  # token text -> [count, LD sum, example]
     predicted = after_value = 0
+    confusion, unscored_after = Counter(), Counter()  # (truth, class): all scored tokens / without post-value ones
     columns = ["text", "offsets", "token_class", "loss_disc", "loss_ref"]
     for (_, weighted), (_, prep) in zip(iter_shards(weights_dir, columns), iter_shards(prep_dir, ["role_truth"])):
         for w, p in zip(weighted.to_pylist(), prep.to_pylist(), strict=True):
@@ -207,6 +208,9 @@ def error_table(weights_dir: Path, top: int = 15) -> str:
                 if r < 0 or c < 0:
                     continue
                 predicted += c == 1
+                confusion[(r, c)] += 1
+                if not (t > 0 and truth[t - 1] == 1 and r == 0):
+                    unscored_after[(r, c)] += 1
                 if c == r:
                     continue
                 kind = "false positives" if c == 1 else "false negatives"
@@ -220,7 +224,9 @@ def error_table(weights_dir: Path, top: int = 15) -> str:
                     entry[2] = f"{text[max(0, a - 30):a]}[{token}]{text[b:b + 15]}"
     n_fp = sum(e[0] for e in errors["false positives"].values())
     lines = [f"False positives: {n_fp} of {predicted} tokens classed reasoning; {after_value} of them "
-             f"({after_value / max(1, n_fp):.0%}) right after a reasoning token."]
+             f"({after_value / max(1, n_fp):.0%}) right after a reasoning token.",
+             f"Reasoning F1 {role_scores(confusion)['reasoning_f1']:.3f}; with the boilerplate token right after a "
+             f"reasoning token left unscored (as BFCL's rules do): {role_scores(unscored_after)['reasoning_f1']:.3f}."]
     for kind, found in errors.items():
         lines += ["", f"| {kind} | count | mean LD | example |", "| --- | --- | --- | --- |"]
         for token, (count, ld_sum, example) in sorted(found.items(), key=lambda kv: -kv[1][0])[:top]:

@@ -511,6 +511,9 @@ def test_error_table_lists_the_runs_own_misclassified_tokens(tmp_path):
     out = error_table(weights, top=5)
     assert out.splitlines()[0] == ("False positives: 3 of 4 tokens classed reasoning; 2 of them (67%) "
                                    "right after a reasoning token.")
+    # tp 1, fp 3, fn 1 -> F1 1/3; without the two post-value false positives: tp 1, fp 1, fn 1 -> 1/2.
+    assert out.splitlines()[1] == ("Reasoning F1 0.333; with the boilerplate token right after a reasoning token "
+                                   "left unscored (as BFCL's rules do): 0.500.")
     assert '| "b" | 1 | +3.00 | `a[b],c` |' in out and '| "," | 1 | +1.00 | `ab[,]c` |' in out
     assert '| "z" | 1 | +1.00 | `xy[z].` |' in out  # right after the reasoning "y"
     assert out.index("false negatives") < out.index('| "y" | 1 | +3.00 | `x[y]z.` |')
