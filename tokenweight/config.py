@@ -137,6 +137,23 @@ class DeviceConfig(_Strict):
     )
 
 
+class RunnerConfig(_Strict):
+    """Where the sharded stages (score, critical) compute their shards. Part of no key: a shard is
+    the same bytes wherever it is computed (tests/test_shard_fanout.py)."""
+
+    kind: Literal["local", "dask"] = Field(
+        "local", description="`local`: every shard in this process. `dask`: each shard a Prefect task on a Dask "
+        "cluster (prefect-dask's DaskTaskRunner; `pip install -e '.[dask]'`); the workers must see the store.")
+    address: str | None = Field(
+        None, description="`dask`: the scheduler of a running cluster (`tcp://host:8786`); null starts a local "
+        "cluster of `workers` processes for the stage's duration.")
+    workers: int = Field(2, ge=1, description="`dask`, local cluster: worker processes.")
+    threads_per_worker: int = Field(1, ge=1, description="`dask`: torch threads per worker (set it to cores / workers).")
+    gpus_per_worker: int = Field(
+        0, ge=0, description="`dask`: each shard task asks its worker for this many units of the Dask resource "
+        "`GPU`, and on CUDA holds the Prefect global concurrency limit of its GPU (one shard per GPU at a time).")
+
+
 class PrepareConfig(_Strict):
     """Read the source, apply the chat template, mask all but assistant tokens, split, shard."""
 
@@ -341,6 +358,7 @@ class PipelineConfig(_Strict):
     store: str = Field("./runs", description="fsspec URL of the store every stage writes under.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     device: DeviceConfig = Field(default_factory=DeviceConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     shuffle: ShuffleConfig = Field(default_factory=ShuffleConfig)
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
@@ -458,7 +476,7 @@ def load_config(path: str | Path, overrides: list[str] = (), data: str | None = 
 def reference_markdown() -> str:
     """The configuration reference for the README, generated from the fields above."""
     sections = [("(top level)", PipelineConfig), ("model", ModelConfig), ("device", DeviceConfig),
-                ("prepare", PrepareConfig),
+                ("runner", RunnerConfig), ("prepare", PrepareConfig),
                 ("prepare.source (kind: bfcl)", BfclSource), ("prepare.source (kind: file)", FileSource),
                 ("prepare.source (kind: synthetic)", SyntheticSource), ("prepare.source (kind: roles)", RolesSource),
                 ("prepare.source (kind: bfcl_roles)", BfclRolesSource), ("prepare.source (kind: gsm8k)", Gsm8kSource),

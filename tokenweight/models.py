@@ -117,6 +117,18 @@ def resolve_base_model(cfg: ModelConfig, store: Store) -> ModelRef:
     return ModelRef(str(path.resolve()), _dir_fingerprint(path), cfg.name)
 
 
+def base_model_here(ref: ModelRef, cfg: ModelConfig, store: Store) -> ModelRef:
+    """`ref` in this process: as it is where its directory exists here, else resolved again from
+    the store (a worker on another machine), which must give the same model."""
+    if Path(ref.path).is_dir():
+        return ref
+    found = resolve_base_model(cfg, store)
+    if found.key != ref.key:
+        raise RuntimeError(f"base model {cfg.name}: this worker finds {found.key} at {found.path}, the run "
+                           f"uses {ref.key}: give every worker the same model")
+    return found
+
+
 def _convert_gguf(gguf: Path, store: Store, key: str) -> StageRecord:
     # transformers dequantizes the GGUF on load but refuses to save a GGUF-loaded model; a model
     # built from the same config without the quantization settings takes its weights and saves.

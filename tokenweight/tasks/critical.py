@@ -8,7 +8,8 @@ checker judges each continuation (components/critical_tokens.py has the rule,
 components/critical_probe.py the model-facing parts). The accepted answer, with its critical
 flags and its base-model losses, becomes the sample the weights stage writes for
 `weights.method: critical`. One shard per prepared shard, rows in the same order; a run killed
-part-way resumes at the first shard it had not finished. Probing costs about
+part-way resumes at the first shard it had not finished; under `runner.kind: dask` the shards
+are probed on Dask workers (shard_fanout.py) and written here, the same bytes. Probing costs about
 2 x (answer tokens) greedy continuations per accepted answer (fewer under rule `all`, where a
 position is done as soon as one substitute keeps the answer right).
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -30,21 +33,42 @@ from ..components.generate import greedy_ids, prompt_text, stop_ids
 from ..components.score_tokens import score_rows
 from ..device_policy import placement
 from ..evals.answer_check import check_answer
-from ..models import ModelRef, load_model, load_tokenizer
+from ..config import PipelineConfig
+from ..models import ModelRef, base_model_here, load_model, load_tokenizer
 from ..progress import Progress
 from ..run_log import logger
 from ..schemas import CRITICAL as CRITICAL_SCHEMA
-from ..shards import iter_shards
+from ..shard_fanout import fan_out, here
+from ..shards import shard_files
 from ..stage_outputs import Manifest
 from ..stage_protocol import Stage, StageRun, section
-from ..store import StageRecord
+from ..store import StageRecord, Store, verify_output
+
+
+@dataclass(frozen=True)
+class CriticalJob:
+    """What a process needs to probe any shard of this output (picklable: it travels to Dask
+    workers); `prep_dir` is this machine's verified copy, which a worker elsewhere fetches itself."""
+
+    cfg: PipelineConfig
+    store: Store
+    prepared: StageRecord
+    base: ModelRef
+    prep_dir: str
+
+    @property
+    def models_key(self) -> tuple[str, ...]:
+        return (self.store.url, self.prepared.key, self.base.key, json.dumps(placement(self.cfg.device).key()))
 
 
 class _Prober:
     """The base model, its tokenizer and the critical settings: one prepared shard in, its rows out."""
 
-    def __init__(self, run: StageRun, base: ModelRef):
-        cfg = run.cfg
+    def __init__(self, job: CriticalJob):
+        cfg = job.cfg
+        base = base_model_here(job.base, cfg.model, job.store)
+        self.prep_dir = here(job.prep_dir, lambda: verify_output(job.store, "prepare", job.prepared.key)[1])
+        self.files = shard_files(self.prep_dir)
         self.cc, self.max_tokens = cfg.critical, cfg.prepare.max_tokens
         self.tokenizer = load_tokenizer(base.path, cfg.model.trust_remote_code)
         place = self.place = placement(cfg.device)
@@ -63,6 +87,13 @@ class _Prober:
         out = greedy_ids(self.net, prompts, budgets, self.cc.batch_size, self.pad, self.eos, on_batch)
         progress.close()
         return out
+
+    def probe(self, index: int) -> tuple[list[dict[str, Any]], Counter]:
+        """Shard `index`'s rows, and the seconds each step took on it."""
+        before = Counter(self.seconds)
+        rows = pq.read_table(self.files[index], columns=["id", "split", "messages", "meta"]).to_pylist()
+        out = self.shard(index, rows)
+        return out, Counter({k: v - before[k] for k, v in self.seconds.items()})
 
     def shard(self, index: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tok, cc = self.tokenizer, self.cc
@@ -142,30 +173,52 @@ def _tally(rows: list[dict[str, Any]], counts: Counter) -> None:
             counts["probes"] += sum(k is not None for per_token in r["kept"] for k in per_token)
 
 
+_PROBERS: dict[tuple[str, ...], _Prober] = {}
+
+
+def critical_shard(job: CriticalJob, index: int) -> tuple[list[dict[str, Any]], Counter]:
+    """Probe shard `index` (runner.kind dask: on a worker, which keeps the model of the last job)."""
+    if job.models_key not in _PROBERS:
+        _PROBERS.clear()
+        _PROBERS[job.models_key] = _Prober(job)
+    return _PROBERS[job.models_key].probe(index)
+
+
 def _work(run: StageRun, prepared: StageRecord, base: ModelRef) -> dict[str, Any]:
-    prep_dir = run.input_dir(prepared)
-    prober = _Prober(run, base)
-    done, counts = run.writer.done_shards(), Counter()
+    job = CriticalJob(run.cfg, run.store, prepared, base, str(run.input_dir(prepared)))
+    prep_dir = Path(job.prep_dir)
+    done, counts, seconds = run.writer.done_shards(), Counter(), Counter()
     progress = Progress("critical", Manifest.read(prep_dir).counts["train"], "train samples")
-    for index, (_, table) in enumerate(iter_shards(prep_dir, ["id", "split", "messages", "meta"])):
-        rows = table.to_pylist()
-        if index in done:
-            finished = pq.read_table(run.dir / f"part-{index:05d}.parquet").to_pylist()
-        else:
-            finished = prober.shard(index, rows)
-            run.writer.write_shard(index, pa.Table.from_pylist(finished, schema=CRITICAL_SCHEMA))
+
+    def add(finished: list[dict[str, Any]]) -> None:
         _tally(finished, counts)
-        progress.update(sum(r["split"] == "train" for r in rows), accepted=counts["status_accepted"],
+        progress.update(sum(r["split"] == "train" for r in finished), accepted=counts["status_accepted"],
                         critical=counts["critical_tokens"])
-    seconds = progress.close()
+
+    for index in sorted(done):
+        add(pq.read_table(run.dir / f"part-{index:05d}.parquet").to_pylist())
+
+    def write(index: int, result: tuple[list[dict[str, Any]], Counter]) -> None:
+        finished, took = result
+        run.writer.write_shard(index, pa.Table.from_pylist(finished, schema=CRITICAL_SCHEMA))
+        seconds.update(took)
+        add(finished)
+
+    todo = [i for i in range(len(shard_files(prep_dir))) if i not in done]
+    if run.cfg.runner.kind == "local" and todo:
+        prober = _Prober(job)
+        fan_out(run.cfg.runner, "critical", lambda _job, index: prober.probe(index), job, todo, write)
+    else:
+        fan_out(run.cfg.runner, "critical", critical_shard, job, todo, write)
+    wall = progress.close()
     accepted = counts["status_accepted"]
     info = {**dict(sorted(counts.items())),
             "critical_share": round(counts["critical_tokens"] / max(1, counts["answer_tokens"]), 4),
-            "seconds": {k: round(v, 1) for k, v in prober.seconds.items()},
-            "seconds_per_accepted_answer": round(prober.seconds["probes"] / accepted, 2) if accepted else None,
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "seconds_per_accepted_answer": round(seconds["probes"] / accepted, 2) if accepted else None,
             "shards_resumed": len(done)}
-    logger().info("critical: %s in %.1fs", info, seconds)
-    return {"counts": info, "placement": prober.place.key()}
+    logger().info("critical: %s in %.1fs", info, wall)
+    return {"counts": info, "placement": placement(run.cfg.device).key()}
 
 
 CRITICAL = Stage(
