@@ -114,10 +114,16 @@ def _on_dask(runner: RunnerConfig, stage: str, compute: Callable[[Any, int], R],
         task_runner = DaskTaskRunner(address=runner.address)
     else:
         # One shard at a time per worker process: a shard's forward passes use the torch threads.
+        # The workers report their task runs to this process's Prefect API, also when it is the
+        # temporary server of a run without PREFECT_API_URL (else each worker would start its own).
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            api_url = str(client.api_url)
         resources = {"GPU": runner.gpus_per_worker} if runner.gpus_per_worker else None
         task_runner = DaskTaskRunner(cluster_kwargs={"n_workers": runner.workers, "threads_per_worker": 1,
                                                      "processes": True, "resources": resources,
-                                                     "dashboard_address": None})
+                                                     "dashboard_address": ":0", "env": {"PREFECT_API_URL": api_url}})
     annotations = {"resources": {"GPU": runner.gpus_per_worker}} if runner.gpus_per_worker else {}
     started, failed, received = time.time(), {}, set()
     # A local cluster's scheduler sends a worker its next shard only once the last is done: a shard
