@@ -299,8 +299,13 @@ class FinetuneConfig(_MethodSection):
     learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate (cosine decay after warm-up).")
     warmup_share: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(8, ge=1, description="Samples per micro-batch (per device).")
+    batch_size: int = Field(8, ge=1, description="Samples per micro-batch, over all `processes` (each "
+                            "takes batch_size / processes of it).")
     grad_accum: int = Field(2, ge=1, description="Micro-batches per optimizer step.")
+    processes: int = Field(
+        1, ge=1, description="Data-parallel training processes on this machine: above 1 the stage runs the "
+        "training under torchrun (DDP: gloo on the CPU, one GPU per process on CUDA). The global batch is the "
+        "same, so the model is one process's up to float rounding; part of the key only above 1.")
     train_layers: int | None = Field(
         None, ge=1, description="Train only the top N blocks (and the final norm); null trains the whole model."
     )
@@ -310,6 +315,20 @@ class FinetuneConfig(_MethodSection):
     seed: int = Field(0, description="Seed of initialisation-time randomness and of the data order.")
 
     _method_parameters: ClassVar[dict[str, str]] = {"kl_weight": "asft"}
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "FinetuneConfig":
+        if self.batch_size % self.processes:
+            raise ValueError(f"finetune.batch_size {self.batch_size} does not split over {self.processes} processes")
+        return self
+
+    def key_settings(self) -> dict[str, Any]:
+        """One process's key has no `processes` (a store made before it existed stays valid); more
+        processes round differently, so they get keys of their own."""
+        data = super().key_settings()
+        if self.processes == 1:
+            del data["processes"]
+        return data
 
 
 class EvalConfig(_Strict):

@@ -4,18 +4,20 @@
 and `weighted` read the weights stage's shards for `token_class` and `weight`. Training runs on the
 transformers Trainer (components/trainer_setup.py); its checkpoints live in the stage's work
 directory, so a run that crashes resumes from its last checkpoint when started again with the
-same key. The model is saved as safetensors in `model/`, the Trainer's log in `log_history.json`.
+same key. With `finetune.processes` above 1 the training runs under torchrun, one DDP rank per
+process (components/data_parallel.py), on the same checkpoints. The model is saved as safetensors
+in `model/`, the Trainer's log in `log_history.json`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
-from transformers import TrainerCallback
-
 from ..components.finetune_losses import WEIGHTED_METHODS
-from ..components.trainer_setup import train_model, train_rows
+from ..components.data_parallel import train_data_parallel
+from ..components.trainer_setup import CrashPoints, train_model, train_rows
 from ..config import PipelineConfig
 from ..device_policy import placement
 from ..faults import crash_point
@@ -36,23 +38,23 @@ def _inputs(cfg: PipelineConfig, prepared: StageRecord, weighted: StageRecord, b
     return {"prepare": prepared.key, "base_model": base.key}
 
 
-class _CrashPoints(TrainerCallback):
-    """The crash tests' kill point after each optimiser step (faults.py)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        crash_point("finetune.step")
-
-
 def _work(run: StageRun, prepared: StageRecord, weighted: StageRecord, base: ModelRef) -> dict[str, Any]:
     fc = run.cfg.finetune
-    rows = train_rows(run.input_dir(_source(run.cfg, prepared, weighted)), with_weights=fc.method in WEIGHTED_METHODS)
-    logger().info("finetune[%s]: %d train samples, %d target tokens", fc.method, len(rows),
-                  sum(sum(r["loss_mask"]) for r in rows))
+    with_weights = fc.method in WEIGHTED_METHODS
+    rows_dir = run.input_dir(_source(run.cfg, prepared, weighted))
     place = placement(run.cfg.device)
-    model, tokenizer, info = train_model(fc, rows, base.path, run.work_dir, run.cfg.model.trust_remote_code,
-                                         callbacks=[_CrashPoints()], place=place,
-                                         mid_checkpoint=lambda: crash_point("finetune.mid_checkpoint"))
-    save_model(model, tokenizer, run.dir / "model")
+    trust = run.cfg.model.trust_remote_code
+    if fc.processes > 1:
+        model_dir, info = train_data_parallel(fc, rows_dir, with_weights, base.path, run.work_dir, trust, place)
+        shutil.copytree(model_dir, run.dir / "model")
+    else:
+        rows = train_rows(rows_dir, with_weights=with_weights)
+        logger().info("finetune[%s]: %d train samples, %d target tokens", fc.method, len(rows),
+                      sum(sum(r["loss_mask"]) for r in rows))
+        model, tokenizer, info = train_model(fc, rows, base.path, run.work_dir, trust, callbacks=[CrashPoints()],
+                                             place=place, mid_checkpoint=lambda: crash_point("finetune.mid_checkpoint"))
+        save_model(model, tokenizer, run.dir / "model")
+        info["world_size"] = 1
     (run.dir / "log_history.json").write_text(json.dumps(info.pop("log_history"), indent=1))
     return {"train": info, "placement": place.key()}
 
