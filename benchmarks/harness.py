@@ -124,6 +124,16 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def block_flops(config, rows) -> float:
+    """One transformer block's forward FLOPs over these rows: its matrix products per token and
+    causal attention (QK^T and AV) per row."""
+    h = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    linear = 2 * (h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size)  # per token
+    return float(sum(linear * len(r) + 2 * q * len(r) * (len(r) + 1) for r in rows))
+
+
 def matmul_flops(threads: int | None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, int]:
     """This machine's measured matrix-product rate (FLOP/s) on square n x n products (median), and n."""
     set_threads(threads)

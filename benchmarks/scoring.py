@@ -25,7 +25,7 @@ from tokenweight.components.score_tokens import score_rows
 from tokenweight.components.token_loss import reference_token_losses
 
 from . import inputs
-from .harness import Measured, isolated, matmul_flops, mib, print_table, record, repeat, set_threads
+from .harness import Measured, block_flops, isolated, matmul_flops, mib, print_table, record, repeat, set_threads
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -77,14 +77,9 @@ def run_variant(variant: str, args: dict) -> Measured:
 def must_do_flops(config, rows, masks, n_models: int, shared_bottom_layers: int) -> float:
     """FLOPs no scorer can avoid: every block's matrix products and causal attention once per token
     (the shared bottom once, the top per model), the LM head at target positions per model."""
-    h, layers = config.hidden_size, config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    linear = 2 * (h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size)  # per token per block
-    per_block = sum(linear * len(r) + 2 * q * len(r) * (len(r) + 1) for r in rows)  # + QK^T and AV
-    blocks = shared_bottom_layers + n_models * (layers - shared_bottom_layers)
+    blocks = shared_bottom_layers + n_models * (config.num_hidden_layers - shared_bottom_layers)
     targets = sum(sum(m[1:]) for m in masks)
-    return blocks * per_block + n_models * 2 * h * config.vocab_size * targets
+    return blocks * block_flops(config, rows) + n_models * 2 * config.hidden_size * config.vocab_size * targets
 
 
 def main(argv: list[str] | None = None) -> None:

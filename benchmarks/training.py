@@ -11,7 +11,7 @@ Figures: tokens/s over the epoch (the rows' real tokens, no padding, over `train
 time, after a one-step warm-up in the same process) and the process's peak memory growth from
 before the model is loaded (both load the same fp32 weights).
 
-    python -m benchmarks.training                      # CPU, 48 samples, top 6 blocks
+    python -m benchmarks.training                      # CPU, 96 samples, top 6 blocks
     python -m benchmarks.training --arms "tokenweight sft,tokenweight dft,tokenweight asft"
 """
 
@@ -28,7 +28,7 @@ import torch
 from tokenweight.config import FinetuneConfig
 
 from . import inputs
-from .harness import Measured, PeakMemory, isolated, mib, print_table, record, set_threads
+from .harness import Measured, PeakMemory, block_flops, isolated, matmul_flops, mib, print_table, record, set_threads
 
 
 def _our_rows(rows, masks, seed: int) -> list[dict]:
@@ -96,6 +96,16 @@ def run_arm(arm: str, args: dict) -> Measured:
     return Measured(seconds, mem.peak)
 
 
+def must_do_training_flops(config, rows, masks, train_layers: int | None) -> float:
+    """FLOPs of an epoch no trainer can avoid: every block's forward once per token; the trained
+    blocks' backward, twice their forward (gradients of inputs and of weights); the LM head (frozen,
+    tied to the embeddings) at target positions only, forward and the gradient of its input."""
+    trained = train_layers or config.num_hidden_layers
+    targets = sum(sum(m[1:]) for m in masks)
+    return (config.num_hidden_layers + 2 * trained) * block_flops(config, rows) \
+        + 2 * (2 * config.hidden_size * config.vocab_size * targets)
+
+
 ARMS = ["tokenweight sft", "tokenweight rft", "TRL SFTTrainer", "TRL SFTTrainer tuned"]
 # Not in the default run: the other token-level losses, for their cost against sft (asft keeps a
 # frozen copy of the base, only its trained top blocks with --train-layers).
@@ -104,7 +114,7 @@ MORE_ARMS = ["tokenweight dft", "tokenweight asft"]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=48)
+    parser.add_argument("--samples", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--train-layers", type=int, default=6, help="Top blocks trained (0: the whole model).")
@@ -130,18 +140,27 @@ def main(argv: list[str] | None = None) -> None:
     measured = {arm: isolated(run_arm, arm=arm, args=child) for arm in arms}
     baseline = measured.get("TRL SFTTrainer")
 
+    from transformers import AutoConfig
+
+    flops = must_do_training_flops(AutoConfig.from_pretrained(model_path), rows, masks, child["train_layers"])
+    peak_rate, n = matmul_flops(args.threads, child["device"])
     table = []
     for arm, m in measured.items():
         speed = data["tokens"] / m.median
         ratio = [f"{baseline.median / m.median:.2f}x", f"{m.peak_bytes / baseline.peak_bytes:.2f}x"] if baseline else ["", ""]
-        table.append([arm, f"{m.median:.1f} s", f"{speed:,.0f}", mib(m.peak_bytes), *ratio])
+        rate = flops / m.median
+        table.append([arm, f"{m.median:.1f} s", f"{speed:,.0f}", mib(m.peak_bytes), *ratio,
+                      f"{rate / 1e9:,.1f} GFLOP/s ({rate / peak_rate:.0%})"])
     print_table(
         f"One epoch over {data['samples']} BFCL samples ({data['tokens']:,} tokens, {data['target_tokens']:,} targets), "
         f"batch {args.batch_size} x {args.grad_accum}, top {args.train_layers or 'all'} blocks, "
         f"{child['device']}, {torch.get_num_threads() if not args.threads else args.threads} threads",
-        ["arm", "epoch time", "tokens/s", "peak memory", "speed vs TRL", "memory vs TRL"], table)
+        ["arm", "epoch time", "tokens/s", "peak memory", "speed vs TRL", "memory vs TRL", "must-do FLOP/s (of matmul peak)"],
+        table)
+    print(f"\nmeasured matmul peak: {peak_rate / 1e9:,.1f} GFLOP/s ({n}^3); must-do work: {flops / 1e9:,.1f} GFLOP")
     record("training", {**vars(args), "data": data},
-           {arm: {"seconds": m.seconds, "peak_bytes": m.peak_bytes} for arm, m in measured.items()})
+           {**{arm: {"seconds": m.seconds, "peak_bytes": m.peak_bytes} for arm, m in measured.items()},
+            "must_do_flops": flops, "matmul_flops": peak_rate})
 
 
 if __name__ == "__main__":

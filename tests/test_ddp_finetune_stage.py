@@ -111,3 +111,58 @@ def test_a_killed_rank_fails_the_stage_and_the_next_run_resumes_in_two_processes
     wa, wb = _weights(runs[2]), _weights(resumed)
     for name in wa:
         assert torch.allclose(wa[name], wb[name], atol=1e-6, rtol=0), name
+
+
+_RUN_FINETUNE = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from test_ddp_finetune_stage import _finetune
+from tokenweight.config import PipelineConfig
+_finetune(PipelineConfig.model_validate_json(sys.argv[1]))
+"""
+
+
+def _pids_running(fragment: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and fragment in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_killing_the_stage_process_ends_its_ranks(tiny_model_dir, tmp_path):
+    """kill -9 of the stage's process while torchrun trains: the agent and both ranks go too
+    (no orphan keeps training and writing checkpoints into the work directory), also when the
+    ranks print nothing. Without the agent's parent-death signal this test fails."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "store", 2)
+    # Long, and silent: no log line after the first, so no rank dies of writing to a closed pipe.
+    cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"max_steps": 100_000,
+                                                                             "logging_steps": 100_000})})
+    proc = subprocess.Popen([sys.executable, "-c", _RUN_FINETUNE, cfg.model_dump_json(), str(Path(__file__).parent)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while not (ranks := _pids_running("tokenweight.components.data_parallel")) or len(ranks) < 3:
+            assert proc.poll() is None and time.time() < deadline, "torchrun and its 2 ranks never started"
+            time.sleep(0.5)
+        time.sleep(3)  # into the training
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 60
+        while _pids_running("tokenweight.components.data_parallel"):
+            assert time.time() < deadline, f"still running after the stage died: {ranks}"
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        for pid in _pids_running("tokenweight.components.data_parallel"):
+            os.kill(pid, signal.SIGKILL)

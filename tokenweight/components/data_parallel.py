@@ -45,11 +45,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """torchrun's agent gets SIGTERM when the stage process dies (a kill -9 included), and
-    terminates its ranks: no orphaned trainers keep writing checkpoints."""
+def _parent_death_signal():
+    """A function for the child between fork and exec: torchrun's agent gets SIGTERM when the
+    stage process dies (a kill -9 included) and terminates its ranks, also while they print
+    nothing (a rank writing to the closed log pipe would die of it anyway). libc is loaded here,
+    before the fork: dlopen in the child could deadlock on a lock another thread held."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def train_data_parallel(fc: FinetuneConfig, rows_dir: Path, with_weights: bool, base_path: str, work: Path,
@@ -79,7 +84,7 @@ def train_data_parallel(fc: FinetuneConfig, rows_dir: Path, with_weights: bool, 
     ranks_log = job_dir / "ranks.log"
     with ranks_log.open("w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                preexec_fn=_parent_death_signal())
         for line in proc.stdout:
             logger().info("%s", line.rstrip())
         code = proc.wait()
