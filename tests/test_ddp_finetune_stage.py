@@ -95,7 +95,7 @@ def test_the_key_holds_processes_only_above_one(runs, tiny_model_dir, tmp_path):
 
 def test_a_killed_rank_fails_the_stage_and_the_next_run_resumes_in_two_processes(runs, tiny_model_dir, tmp_path,
                                                                                 monkeypatch):
-    from tokenweight.components.data_parallel import DataParallelError
+    from tokenweight.data_parallel import DataParallelError
 
     cfg = _cfg(tiny_model_dir, tmp_path / "store", 2)
     monkeypatch.setenv("TOKENWEIGHT_FAULT", "finetune.step@3")  # both ranks die after step 3
@@ -152,17 +152,17 @@ def test_killing_the_stage_process_ends_its_ranks(tiny_model_dir, tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180
-        while not (ranks := _pids_running("tokenweight.components.data_parallel")) or len(ranks) < 3:
+        while not (ranks := _pids_running("tokenweight.data_parallel")) or len(ranks) < 3:
             assert proc.poll() is None and time.time() < deadline, "torchrun and its 2 ranks never started"
             time.sleep(0.5)
         time.sleep(3)  # into the training
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.time() + 60
-        while _pids_running("tokenweight.components.data_parallel"):
+        while _pids_running("tokenweight.data_parallel"):
             assert time.time() < deadline, f"still running after the stage died: {ranks}"
             time.sleep(0.5)
     finally:
         proc.kill()
-        for pid in _pids_running("tokenweight.components.data_parallel"):
+        for pid in _pids_running("tokenweight.data_parallel"):
             os.kill(pid, signal.SIGKILL)

@@ -17,7 +17,6 @@ from transformers import TrainerCallback, TrainingArguments
 
 from ..config import FinetuneConfig
 from ..device_policy import CPU_FP32, Placement
-from ..faults import crash_point
 from ..models import load_model, load_tokenizer
 from ..run_log import logger
 from ..shards import iter_shards
@@ -48,13 +47,6 @@ def train_rows(directory: Path, with_weights: bool) -> list[dict[str, Any]]:
         detail = f" (all {unweighted} have weight 0 on every token: see the weights stage's summary.json)" if unweighted else ""
         raise ValueError(f"{directory}: no train sample to fine-tune on{detail}")
     return rows
-
-
-class CrashPoints(TrainerCallback):
-    """The crash tests' kill point after each optimiser step (faults.py)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        crash_point("finetune.step")
 
 
 class _LogToRun(TrainerCallback):

@@ -5,7 +5,7 @@ and `weighted` read the weights stage's shards for `token_class` and `weight`. T
 transformers Trainer (components/trainer_setup.py); its checkpoints live in the stage's work
 directory, so a run that crashes resumes from its last checkpoint when started again with the
 same key. With `finetune.processes` above 1 the training runs under torchrun, one DDP rank per
-process (components/data_parallel.py), on the same checkpoints. The model is saved as safetensors
+process (data_parallel.py), on the same checkpoints. The model is saved as safetensors
 in `model/`, the Trainer's log in `log_history.json`.
 """
 
@@ -16,9 +16,9 @@ import shutil
 from typing import Any
 
 from ..components.finetune_losses import WEIGHTED_METHODS
-from ..components.data_parallel import train_data_parallel
-from ..components.trainer_setup import CrashPoints, train_model, train_rows
+from ..components.trainer_setup import train_model, train_rows
 from ..config import PipelineConfig
+from ..data_parallel import CrashPoints, train_data_parallel
 from ..device_policy import placement
 from ..faults import crash_point
 from ..models import ModelRef, save_model

@@ -3,7 +3,7 @@
 `train_data_parallel` is what the finetune stage calls when `finetune.processes` is above 1. It
 writes the job (the finetune settings, where the rows and the base model are, the placement) to
 the stage's work directory and runs `python -m torch.distributed.run --nproc_per_node N -m
-tokenweight.components.data_parallel JOB` there. Each rank trains with `train_model`, as one
+tokenweight.data_parallel JOB` there. Each rank trains with `train_model`, as one
 process would, on batch_size / N of every micro-batch (the Trainer's data loader hands the ranks
 alternate slices of the same length-grouped order, and the loss's normaliser is counted over the
 ranks, so the gradient is the one-process gradient: tests/test_ddp_training.py). Checkpoints go
@@ -29,10 +29,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..config import FinetuneConfig
-from ..device_policy import Placement
-from ..faults import crash_point
-from ..run_log import logger
+from transformers import TrainerCallback
+
+from .config import FinetuneConfig
+from .device_policy import Placement
+from .faults import crash_point
+from .run_log import logger
+
+
+class CrashPoints(TrainerCallback):
+    """The crash tests' kill point after each optimiser step (faults.py), in one process or in each rank."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        crash_point("finetune.step")
 
 
 class DataParallelError(RuntimeError):
@@ -78,7 +87,7 @@ def train_data_parallel(fc: FinetuneConfig, rows_dir: Path, with_weights: bool, 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(fc.processes), "--nnodes", "1",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "tokenweight.components.data_parallel", str(job_dir / "job.json")]
+           "-m", "tokenweight.data_parallel", str(job_dir / "job.json")]
     logger().info("finetune: %d data-parallel processes (torchrun, %s), %d threads each", fc.processes,
                   "nccl" if place.device == "cuda" else "gloo", threads)
     ranks_log = job_dir / "ranks.log"
@@ -100,8 +109,8 @@ def _rank_main(job_path: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from ..models import save_model
-    from .trainer_setup import CrashPoints, train_model, train_rows
+    from .components.trainer_setup import train_model, train_rows
+    from .models import save_model
 
     job = json.loads(Path(job_path).read_text())
     place = Placement(**job["placement"])
