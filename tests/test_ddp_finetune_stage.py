@@ -27,7 +27,9 @@ STEPS, LR = 4, 1e-3
 
 
 def _cfg(model_dir: str, store: Path, processes: int):
-    return pipeline_config(model_dir, store, finetune={"method": "sft", "max_steps": STEPS, "batch_size": 4,
+    # 25 samples: a train split that batches of 4 do not divide, so the epoch ends on a short batch
+    # within the 4 steps (a rank with nothing left must neither skip the step nor train twice).
+    return pipeline_config(model_dir, store, {"kind": "synthetic", "n": 25, "seed": 0}, finetune={"method": "sft", "max_steps": STEPS, "batch_size": 4,
                                                        "grad_accum": 2, "learning_rate": LR, "warmup_share": 0.0,
                                                        "save_steps": 2, "logging_steps": 1, "processes": processes})
 
@@ -69,6 +71,8 @@ def test_two_processes_train_the_one_process_model(runs, tiny_model_dir):
     assert manifest(two)["steps"] == STEPS
     a, b = _steps(one), _steps(two)
     assert len(a) == len(b) == STEPS
+    train = manifest(one)["samples"]
+    assert train % 4 and train < STEPS * 8, train  # the short batch is inside the run
     for step, (x, y) in enumerate(zip(a, b), 1):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), f"step {step}: loss"
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4), f"step {step}: gradient norm"
@@ -80,7 +84,7 @@ def test_two_processes_train_the_one_process_model(runs, tiny_model_dir):
     moved = sum(((wa[k] - base[k]) ** 2).sum() for k in wa) ** 0.5
     apart = sum(((wa[k] - wb[k]) ** 2).sum() for k in wa) ** 0.5
     print(f"update norm {moved:.4g}, 1 vs 2 processes {apart:.4g}")
-    assert moved > 1e-2 and apart < 1e-5 * moved  # measured: 7e-7 of 2.7
+    assert moved > 1e-2 and apart < 1e-5 * moved
 
 
 def test_the_key_holds_processes_only_above_one(runs, tiny_model_dir, tmp_path):

@@ -60,7 +60,13 @@ class TokenRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __iter__(self):  # the rows only: iterating by index would run on into the blank
+        return iter(self.rows)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if i == len(self.rows):  # RankBatches' blank: a real row with nothing to learn from
+            row = self.rows[0]
+            return {**row, "loss_mask": [0] * len(row["loss_mask"]), "weight": [0.0] * len(row["weight"])}
         return self.rows[i]
 
     def first_unclassified(self) -> int | None:
@@ -69,6 +75,30 @@ class TokenRows(torch.utils.data.Dataset):
             if any(m and c not in (0, 1) for m, c in zip(row["loss_mask"][1:], row["token_class"][1:])):
                 return i
         return None
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """One rank's micro-batches of a data-parallel run: the one-process run's batches of
+    `global_batch` rows, in the same order, each cut into `world` slices and this rank's taken.
+    A slice that comes up empty (an epoch's last, short batch) is one blank row (index
+    `len(dataset)`: no target token, so it adds nothing to any loss or normaliser), so every
+    rank runs every micro-step. The Trainer's own distributed loader instead hands the ranks
+    whole per-rank batches from a differently grouped order and fills a short epoch with rows
+    from its start, which trains on them twice."""
+
+    def __init__(self, order: torch.utils.data.Sampler, n_rows: int, global_batch: int, world: int, rank: int):
+        self.order, self.n_rows, self.global_batch, self.world, self.rank = order, n_rows, global_batch, world, rank
+
+    def __len__(self) -> int:
+        return -(-self.n_rows // self.global_batch)
+
+    def __iter__(self):
+        order = list(self.order)  # one draw per epoch, as the one-process loader makes
+        per_rank = self.global_batch // self.world
+        for start in range(0, len(order), self.global_batch):
+            batch = order[start : start + self.global_batch]
+            mine = batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+            yield mine or [self.n_rows]
 
 
 def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -109,11 +139,27 @@ class WeightedLossTrainer(Trainer):
         self._tally = torch.zeros(5, dtype=torch.float64)  # loss_b sum, n_b, loss_r sum, n_r, tokens
         self._tally_since = time.time()
 
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """With several ranks, each rank's slice of the one-process run's batches (RankBatches),
+        so N ranks of batch b train the model one process of batch N*b trains."""
+        if self.args.world_size == 1 or not isinstance(self.train_dataset, TokenRows):
+            return super().get_train_dataloader()
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        world, global_batch = self.args.world_size, self.args.per_device_train_batch_size * self.args.world_size
+        # The one-process run's order: grouped by length in windows of a whole optimizer step.
+        order = LengthGroupedSampler(global_batch * self.args.gradient_accumulation_steps, dataset=self.train_dataset)
+        batches = RankBatches(order, len(self.train_dataset), global_batch, world, self.args.process_index)
+        # Not passed through accelerate's prepare, which would shard it again; the Trainer moves
+        # each batch to the device itself.
+        return torch.utils.data.DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=self.data_collator,
+                                           num_workers=0)
+
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         """The normaliser of the whole accumulation window, summed over devices."""
         tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in batch_samples)
         weight = sum(float((b["weight"][:, 1:] * b["loss_mask"][:, 1:]).sum()) for b in batch_samples)
-        samples = sum(int(b["input_ids"].shape[0]) for b in batch_samples)
+        samples = sum(int(b["loss_mask"][:, 1:].any(dim=1).sum()) for b in batch_samples)  # blank rows: none
         total = torch.tensor(float(normaliser(self.method, tokens, weight, samples)), device=device)
         if self.args.world_size > 1:
             total = self.accelerator.gather(total[None]).sum()
