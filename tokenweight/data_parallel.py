@@ -3,10 +3,10 @@
 `train_data_parallel` is what the finetune stage calls when `finetune.processes` is above 1. It
 writes the job (the finetune settings, where the rows and the base model are, the placement) to
 the stage's work directory and runs `python -m torch.distributed.run --nproc_per_node N -m
-tokenweight.data_parallel JOB` there. Each rank trains with `train_model`, as one
-process would, on batch_size / N of every micro-batch (the Trainer's data loader hands the ranks
-alternate slices of the same length-grouped order, and the loss's normaliser is counted over the
-ranks, so the gradient is the one-process gradient: tests/test_ddp_training.py). Checkpoints go
+tokenweight.data_parallel JOB` there. Each rank trains with `train_finetune`, as one
+process does, on batch_size / N of every micro-batch (each rank takes its slice of the batches one
+process would draw, `RankBatches`, and the loss's normaliser is counted over the ranks, so the
+gradient is the one-process gradient: tests/test_ddp_training.py). Checkpoints go
 to the same work directory, so a killed run resumes from its last one, in one process or N.
 Rank 0 saves the model and what the run did into the work directory; the stage process, which
 holds the lock, moves them into its output.
@@ -37,7 +37,7 @@ from .faults import crash_point
 from .run_log import logger
 
 
-class CrashPoints(TrainerCallback):
+class _CrashPoints(TrainerCallback):
     """The crash tests' kill point after each optimiser step (faults.py), in one process or in each rank."""
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -64,6 +64,19 @@ def _parent_death_signal():
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     PR_SET_PDEATHSIG = 1
     return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def train_finetune(fc: FinetuneConfig, rows_dir: Path, with_weights: bool, base_path: str, work: Path,
+                   trust_remote_code: bool, place: Placement, ranks: int = 1) -> tuple[Any, Any, dict]:
+    """The fine-tune as one process, or one of `ranks` ranks (with its share of the batch in
+    `fc`), runs it: the train rows, their count in the log, `train_model` with the crash points."""
+    from .components.trainer_setup import train_model, train_rows
+
+    rows = train_rows(rows_dir, with_weights=with_weights)
+    logger().info("finetune[%s]: %d train samples, %d target tokens%s", fc.method, len(rows),
+                  sum(sum(r["loss_mask"]) for r in rows), f", {ranks} ranks of batch {fc.batch_size}" if ranks > 1 else "")
+    return train_model(fc, rows, base_path, work, trust_remote_code, callbacks=[_CrashPoints()], place=place,
+                       mid_checkpoint=lambda: crash_point("finetune.mid_checkpoint"))
 
 
 def train_data_parallel(fc: FinetuneConfig, rows_dir: Path, with_weights: bool, base_path: str, work: Path,
@@ -109,7 +122,6 @@ def _rank_main(job_path: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from .components.trainer_setup import train_model, train_rows
     from .models import save_model
 
     job = json.loads(Path(job_path).read_text())
@@ -130,12 +142,8 @@ def _rank_main(job_path: str) -> None:
         log.propagate = False
     fc = FinetuneConfig(**job["finetune"])
     per_rank = fc.model_copy(update={"batch_size": fc.batch_size // world})
-    rows = train_rows(Path(job["rows_dir"]), with_weights=job["with_weights"])
-    log.info("finetune[%s]: %d train samples, %d target tokens, %d ranks of batch %d", fc.method, len(rows),
-             sum(sum(r["loss_mask"]) for r in rows), world, per_rank.batch_size)
-    model, tokenizer, info = train_model(per_rank, rows, job["base_path"], Path(job["work"]), job["trust_remote_code"],
-                                         callbacks=[CrashPoints()], place=place,
-                                         mid_checkpoint=lambda: crash_point("finetune.mid_checkpoint"))
+    model, tokenizer, info = train_finetune(per_rank, Path(job["rows_dir"]), job["with_weights"], job["base_path"],
+                                            Path(job["work"]), job["trust_remote_code"], place, ranks=world)
     if rank == 0:
         out = Path(job["out"])
         save_model(model, tokenizer, out / "model")

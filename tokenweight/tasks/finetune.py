@@ -16,13 +16,10 @@ import shutil
 from typing import Any
 
 from ..components.finetune_losses import WEIGHTED_METHODS
-from ..components.trainer_setup import train_model, train_rows
 from ..config import PipelineConfig
-from ..data_parallel import CrashPoints, train_data_parallel
+from ..data_parallel import train_data_parallel, train_finetune
 from ..device_policy import placement
-from ..faults import crash_point
 from ..models import ModelRef, save_model
-from ..run_log import logger
 from ..stage_protocol import Stage, StageRun
 from ..store import StageRecord
 
@@ -39,20 +36,14 @@ def _inputs(cfg: PipelineConfig, prepared: StageRecord, weighted: StageRecord, b
 
 
 def _work(run: StageRun, prepared: StageRecord, weighted: StageRecord, base: ModelRef) -> dict[str, Any]:
-    fc = run.cfg.finetune
-    with_weights = fc.method in WEIGHTED_METHODS
+    fc, place = run.cfg.finetune, placement(run.cfg.device)
     rows_dir = run.input_dir(_source(run.cfg, prepared, weighted))
-    place = placement(run.cfg.device)
-    trust = run.cfg.model.trust_remote_code
+    args = (fc, rows_dir, fc.method in WEIGHTED_METHODS, base.path, run.work_dir, run.cfg.model.trust_remote_code, place)
     if fc.processes > 1:
-        model_dir, info = train_data_parallel(fc, rows_dir, with_weights, base.path, run.work_dir, trust, place)
-        shutil.copytree(model_dir, run.dir / "model")
+        model_dir, info = train_data_parallel(*args)
+        shutil.move(model_dir, run.dir / "model")  # out of the work directory, which goes once committed
     else:
-        rows = train_rows(rows_dir, with_weights=with_weights)
-        logger().info("finetune[%s]: %d train samples, %d target tokens", fc.method, len(rows),
-                      sum(sum(r["loss_mask"]) for r in rows))
-        model, tokenizer, info = train_model(fc, rows, base.path, run.work_dir, trust, callbacks=[CrashPoints()],
-                                             place=place, mid_checkpoint=lambda: crash_point("finetune.mid_checkpoint"))
+        model, tokenizer, info = train_finetune(*args)
         save_model(model, tokenizer, run.dir / "model")
         info["world_size"] = 1
     (run.dir / "log_history.json").write_text(json.dumps(info.pop("log_history"), indent=1))
