@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=120, help="samples per format")
     parser.add_argument("--store", default=None, help="the store (default: the config's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--margins", type=float, nargs="+", default=[0.2, 0.3, 0.5, 1.0])
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.2, 0.5, 1.0, 1.5])
+    parser.add_argument("--gaps", type=float, nargs="+", default=[0.0, 0.3, 0.5])
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here (markdown)")
     args = parser.parse_args()
     dirs = []
@@ -54,7 +55,7 @@ def main() -> None:
         records = pipeline(load_config(CONFIG, overrides), until="weights")
         print(f"{fmt}: weights {records['weights'].uri} ({time.perf_counter() - start:.0f} s)", flush=True)
         dirs.append(Path(records["weights"].uri))
-    table = suite_table(dirs, args.margins)
+    table = suite_table(dirs, args.margins, args.gaps)
     print(table)
     if args.out is not None:
         args.out.write_text(table + "\n")

@@ -387,19 +387,21 @@ def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
 
     cfg, _, records, _ = synthetic_run
     weights_dir = records["weights"].uri
-    assert main(["roles", weights_dir, "--margins", str(cfg.weights.margin), "5.0"]) == 0
+    assert main(["roles", weights_dir, "--margins", str(cfg.weights.margin), "5.0",
+                 "--gaps", "0.0", str(cfg.weights.min_gap)]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
-    table = {(r[0].strip(), r[2].strip(), r[3].strip()): [float(x) for x in r[4:]] for r in rows}
-    assert {ref for ref, _, _ in table} == {"control", "base"}
-    assert {gran for _, gran, _ in table} == {"value", "word", "token"}
+    table = {tuple(c.strip() for c in r[:1] + r[2:5]): [float(x) for x in r[5:]] for r in rows}
+    assert {ref for ref, *_ in table} == {"control", "base"}
+    assert {gran for _, gran, *_ in table} == {"value", "word", "token"}
     roles = json.loads((Path(weights_dir) / "summary.json").read_text())["roles"]
-    # The weights stage ran with the control, its granularity and this margin: the same figures.
-    assert table[("control", cfg.weights.granularity, str(cfg.weights.margin))] == pytest.approx(
-        [roles["accuracy"], roles["reasoning_precision"], roles["reasoning_recall"], roles["reasoning_f1"]], abs=1e-3)
+    # The weights stage ran with the control, its granularity, margin and min gap: the same figures.
+    assert table[("control", cfg.weights.granularity, str(cfg.weights.margin), str(cfg.weights.min_gap))] == \
+        pytest.approx([roles["accuracy"], roles["reasoning_precision"], roles["reasoning_recall"],
+                       roles["reasoning_f1"]], abs=1e-3)
     # A margin no LD reaches leaves no reasoning token.
-    assert table[("control", "token", "5.0")][2] == 0.0
+    assert table[("control", "token", "5.0", "0.0")][2] == 0.0
     # The calibrated margin is shown with the value it took.
-    assert any(m.startswith("auto (") for _, _, m in table)
+    assert any(m.startswith("auto (") for _, _, m, _ in table)
     # A source without known roles is a clear error, not an empty table.
     assert main(["roles", jsonl_run[1]["weights"].uri]) == 2
     assert "no sample with known token roles" in capsys.readouterr().err

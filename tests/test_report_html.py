@@ -48,7 +48,7 @@ def shards(smol_tokenizer, tmp_path_factory):
     for index, part in enumerate((rows[:6], rows[6:])):
         paths.append(directory / f"part-{index:05d}.parquet")
         pq.write_table(pa.Table.from_pylist(part, schema=WEIGHTED), paths[-1])
-    summary = WeightsSummary(method="rft", reference="control", margin=0.2, margin_setting=0.2, granularity="token",
+    summary = WeightsSummary(method="rft", reference="control", margin=0.2, margin_setting=0.2, min_gap=0.0, granularity="token",
                              **tally.summary(smol_tokenizer, 20), preflight=None)
     return paths, summary, rows
 

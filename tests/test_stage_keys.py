@@ -179,3 +179,12 @@ def test_under_critical_weights_a_critical_setting_reaches_the_weights_and_later
                           finetune={"method": "weighted"})
     edited = cfg.model_copy(update={"critical": cfg.critical.model_copy(update={"rule": "any"})})
     assert changed(keys_to_eval(cfg), keys_to_eval(edited)) == {"critical", "weights", "finetune", "eval"}
+
+
+def test_min_gap_is_keyed_only_when_on(tiny_model_dir, tmp_path, data_file):
+    # 0 classes exactly as before the setting existed: a store made then keeps its weights keys.
+    cfg = pipeline_config(tiny_model_dir, tmp_path, {"kind": "file", "path": data_file})
+    assert cfg.weights.min_gap == 0 and "min_gap" not in cfg.weights.key_settings()
+    on = cfg.model_copy(update={"weights": cfg.weights.model_copy(update={"min_gap": 0.3})})
+    assert on.weights.key_settings()["min_gap"] == 0.3
+    assert changed(keys_to_eval(cfg), keys_to_eval(on)) == {"weights", "finetune", "eval"}

@@ -15,6 +15,7 @@ from tokenweight.components.token_weights import (
     rft_group_weights,
     rft_static_weights,
     sample_weights,
+    probability_gap,
     token_classes,
     group_max,
     prefix_weights,
@@ -95,6 +96,25 @@ def test_token_classes_reasoning_exactly_where_ld_exceeds_margin():
     assert token_classes(disc, ref, mask, margin=0.0).tolist() == [0, 0, 1, 1, 0, -1]
     # Equality is not "greater than".
     assert token_classes(np.array([1.5], np.float32), np.array([1.0], np.float32), np.array([1], np.int8), 0.5).tolist() == [0]
+
+
+def test_min_gap_keeps_only_tokens_the_input_decides():
+    # Token 0: a value (0.02 nats with the input, 5 without: gap 0.97). Token 1: a stock word both
+    # models find hard (6 and 8 nats: LD 2, gap 0.002). Token 2: one of two templates (0.69 vs 3.0:
+    # LD 2.3, gap 0.45). Token 3: the value's second piece (LD 0), grouped with token 0.
+    disc = np.array([5.0, 8.0, 3.0, 0.1], dtype=np.float32)
+    ref = np.array([0.02, 6.0, 0.69, 0.1], dtype=np.float32)
+    mask = np.ones(4, dtype=np.int8)
+    assert token_classes(disc, ref, mask, 1.0).tolist() == [1, 1, 1, 0]
+    assert token_classes(disc, ref, mask, 1.0, min_gap=0.8).tolist() == [1, 0, 0, 0]
+    assert token_classes(disc, ref, mask, 1.0, min_gap=0.4).tolist() == [1, 0, 1, 0]
+    # A group is reasoning when one of its tokens passes both tests, and only then.
+    groups = np.array([0, 1, 2, 0])
+    assert token_classes(disc, ref, mask, 1.0, groups, min_gap=0.8).tolist() == [1, 0, 0, 1]
+    assert token_classes(disc, ref, mask, 1.0, np.array([0, 1, 1, 0]), min_gap=0.8).tolist() == [1, 0, 0, 1]
+    # The margin still applies: a gap above min_gap with LD under the margin is boilerplate.
+    assert token_classes(disc, ref, mask, 5.0, min_gap=0.8).tolist() == [0, 0, 0, 0]
+    assert probability_gap(disc, ref)[0] == pytest.approx(np.exp(-0.02) - np.exp(-5.0))
 
 
 def test_unknown_method_names_the_valid_ones():

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a finished weights output, {store}/weights/{key}; several (one data set per format): "
                             "all their formats in one table, then leave-one-format-out")
     roles.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
+    roles.add_argument("--gaps", type=float, nargs="+", default=[0.0, 0.3],
+                       help="min gaps (weights.min_gap) to tabulate with each margin; 0: LD alone")
     roles.add_argument("--errors", type=int, default=0, metavar="N",
                        help="also list the N most frequent misclassified tokens of each run's own classes")
     roles.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -92,7 +94,7 @@ def print_summary(weights_dir: Path, where: str) -> None:
         return
     tokens = s.target_tokens
     print(f"\nsamples: {s.samples}  (method {s.method}, reference {s.reference}, margin {s.margin}"
-          f"{' (auto)' if s.margin_setting == 'auto' else ''})")
+          f"{' (auto)' if s.margin_setting == 'auto' else ''}, min gap {s.min_gap})")
     print(f"target tokens: boilerplate {tokens['boilerplate']}, reasoning {tokens['reasoning']}, "
           f"boilerplate share {s.boilerplate_share:.1%}")
     for cls in ("boilerplate", "reasoning"):
@@ -118,7 +120,8 @@ def _roles(args: argparse.Namespace) -> int:
 
     try:
         dirs = [Path(d) for d in args.weights_dir]
-        print(role_table(dirs[0], args.margins) if len(dirs) == 1 else suite_table(dirs, args.margins))
+        print(role_table(dirs[0], args.margins, args.gaps) if len(dirs) == 1
+              else suite_table(dirs, args.margins, args.gaps))
         for directory in dirs if args.errors else []:
             print(f"\nMisclassified tokens of {directory} (its own classes):\n\n{error_table(directory, args.errors)}")
     except (OSError, ValueError, KeyError) as err:

@@ -110,7 +110,7 @@ def _sample(row: dict[str, Any]) -> str:
 def _summary(s: WeightsSummary, ld: np.ndarray) -> str:
     n_b, n_r = s.target_tokens["boilerplate"], s.target_tokens["reasoning"]
     rows = [("samples", ", ".join(f"{k} {v}" for k, v in s.samples.items())),
-            ("method / reference / margin", f"{s.method} / {s.reference} / {s.margin}"),
+            ("method / reference / margin / min gap", f"{s.method} / {s.reference} / {s.margin} / {s.min_gap}"),
             ("boilerplate tokens", f"<span id='n-boilerplate'>{n_b}</span> ({s.boilerplate_share:.1%})"),
             ("reasoning tokens", f"<span id='n-reasoning'>{n_r}</span> ({1 - s.boilerplate_share:.1%})"),
             ("mean LD", f"boilerplate {s.mean_ld['boilerplate']}, reasoning {s.mean_ld['reasoning']}")]

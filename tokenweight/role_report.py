@@ -1,6 +1,7 @@
 """How the token classes of finished runs compare with known token roles, over the settings that
 only change the weights stage: reference (control or base), granularity (value, word or token),
-margin (fixed, or `auto`: calibrated from the run's own LD, see `calibrated_margin`).
+margin (fixed, or `auto`: calibrated from the run's own LD, see `calibrated_margin`) and min gap
+(the probability gap a reasoning token also needs, 0 for none: `token_classes`).
 
 `tokenweight roles {store}/weights/{key} [more weights dirs]` reads the weight shards' runs (the
 losses of every model) and the prepared shards they came from (which hold the roles for sources
@@ -32,7 +33,7 @@ from .store import MANIFEST
 
 GRANULARITIES = ("value", "word", "token")
 REFERENCES = ("control", "base")
-Variant = tuple[str, str, float | str]  # (reference, granularity, margin or "auto")
+Variant = tuple[str, str, float | str, float]  # (reference, granularity, margin or "auto", min gap)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class RunRoles:
     auto_margin: dict[str, float] = field(default_factory=dict)  # reference -> calibrated margin
 
 
-def run_roles(weights_dir: Path, margins: list[float]) -> RunRoles:
+def run_roles(weights_dir: Path, margins: list[float], gaps: list[float] = (0.0,)) -> RunRoles:
     """Read one run and tally, for every setting, (true role, class) pairs of its scored tokens."""
     inputs = Manifest.read(weights_dir).inputs
     store = weights_dir.parent.parent
@@ -67,8 +68,8 @@ def run_roles(weights_dir: Path, margins: list[float]) -> RunRoles:
         raise ValueError(f"{prep_dir}: no sample with known token roles (use a synthetic, roles or bfcl_roles source)")
     # reference -> the margin `margin: auto` gives in the weights stage (the same function)
     auto = {ref: calibrate(prep_dir, score_dir, ref) for ref in REFERENCES if ref in _refs(samples[0][1])}
-    variants: list[Variant] = [(ref, gran, m) for ref in REFERENCES for gran in GRANULARITIES
-                               for m in [*margins, "auto"]]
+    variants: list[Variant] = list(dict.fromkeys(  # a setting asked for twice is counted once
+        (ref, gran, m, g) for ref in REFERENCES for gran in GRANULARITIES for g in gaps for m in [*margins, "auto"]))
     out = RunRoles(scored.config["disc_context"], seconds, {v: Counter() for v in variants},
                    auto_margin=auto)
     for p, s in samples:
@@ -81,15 +82,15 @@ def run_roles(weights_dir: Path, margins: list[float]) -> RunRoles:
         groups = {gran: class_groups(p["text"], p["offsets"], mask, gran) for gran in GRANULARITIES}
         disc, refs = np.asarray(s["loss_disc"], dtype=np.float32), _refs(s)
         sel = truth >= 0
-        for ref, gran, m in variants:
+        for ref, gran, m, g in variants:
             if ref not in refs:
                 continue
             margin = auto[ref] if m == "auto" else m
-            classes = token_classes(disc, np.asarray(refs[ref], dtype=np.float32), mask, margin, groups[gran])
+            classes = token_classes(disc, np.asarray(refs[ref], dtype=np.float32), mask, margin, groups[gran], g)
             pairs = list(zip(truth[sel].tolist(), classes[sel].tolist()))
-            out.confusion[(ref, gran, m)].update(pairs)
+            out.confusion[(ref, gran, m, g)].update(pairs)
             if fmt is not None:
-                out.by_format[fmt][(ref, gran, m)].update(pairs)
+                out.by_format[fmt][(ref, gran, m, g)].update(pairs)
     return out
 
 
@@ -105,24 +106,24 @@ def _margin(run: RunRoles, ref: str, m: float | str) -> str:
     return f"auto ({run.auto_margin[ref]:.2f})" if m == "auto" else f"{m}"
 
 
-def role_table(weights_dir: Path, margins: list[float]) -> str:
+def role_table(weights_dir: Path, margins: list[float], gaps: list[float] = (0.0,)) -> str:
     """The tables of one run (see the module docstring)."""
-    run = run_roles(weights_dir, margins)
-    lines = ["| reference | disc context | granularity | margin | accuracy | reasoning precision | recall | F1 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (ref, gran, m), confusion in run.confusion.items():
+    run = run_roles(weights_dir, margins, gaps)
+    lines = ["| reference | disc context | granularity | margin | min gap | accuracy | reasoning precision | recall "
+             "| F1 |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (ref, gran, m, g), confusion in run.confusion.items():
         if confusion:
             r = role_scores(confusion)
-            lines.append(f"| {ref} | {run.context} | {gran} | {_margin(run, ref, m)} | {r['accuracy']:.3f} "
+            lines.append(f"| {ref} | {run.context} | {gran} | {_margin(run, ref, m)} | {g} | {r['accuracy']:.3f} "
                          f"| {r['reasoning_precision']:.3f} | {r['reasoning_recall']:.3f} | {r['reasoning_f1']:.3f} |")
     if run.by_format:
         lines += ["", format_table([run])]
     return "\n".join(lines)
 
 
-def suite_table(weights_dirs: list[Path], margins: list[float]) -> str:
+def suite_table(weights_dirs: list[Path], margins: list[float], gaps: list[float] = (0.0,)) -> str:
     """Several runs (one per data set): every format in one table, then leave-one-format-out."""
-    runs = [run_roles(d, margins) for d in weights_dirs]
+    runs = [run_roles(d, margins, gaps) for d in weights_dirs]
     if not all(r.by_format for r in runs):
         raise ValueError("every run needs samples with a format (meta['format']) for a suite table")
     formats = [f for r in runs for f in r.by_format]
@@ -142,17 +143,17 @@ def format_table(runs: list[RunRoles]) -> str:
     formats = sorted(f for r in runs for f in r.by_format)
     lines = [f"Per format ({', '.join(formats)}): tokens and boilerplate share are the scored tokens' true "
              "roles; seconds are the run's discriminator and score stages.", "",
-             "| format | reference | granularity | margin | tokens | boilerplate share | reasoning precision "
-             "| recall | F1 | seconds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| format | reference | granularity | margin | min gap | tokens | boilerplate share "
+             "| reasoning precision | recall | F1 | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         for fmt in sorted(run.by_format):
             truth = run.truth_by_format[fmt]
             share = truth[0] / max(1, truth[0] + truth[1])
-            for (ref, gran, m), confusion in run.by_format[fmt].items():
+            for (ref, gran, m, g), confusion in run.by_format[fmt].items():
                 if confusion:
                     r = role_scores(confusion)
-                    lines.append(f"| {fmt} | {ref} | {gran} | {_margin(run, ref, m)} | {r['tokens']} | {share:.3f} "
+                    lines.append(f"| {fmt} | {ref} | {gran} | {_margin(run, ref, m)} | {g} | {r['tokens']} | {share:.3f} "
                                  f"| {r['reasoning_precision']:.3f} | {r['reasoning_recall']:.3f} "
                                  f"| {r['reasoning_f1']:.3f} | {run.seconds:.0f} |")
     return "\n".join(lines)
@@ -165,7 +166,7 @@ def leave_one_out_table(runs: list[RunRoles]) -> str:
     formats = sorted(scores)
     lines = ["Leave one format out: the setting is chosen on the other formats (best mean F1), then "
              "reported on the held-out format.", "",
-             "| held-out format | chosen setting (reference, granularity, margin) | mean F1 on the others "
+             "| held-out format | chosen setting (reference, granularity, margin, min gap) | mean F1 on the others "
              "| precision | recall | F1 held out | best F1 there (setting) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     # Settings every format has, in declaration order (control before base, value before word

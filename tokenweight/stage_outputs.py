@@ -81,6 +81,7 @@ class WeightsSummary:
     reference: str
     margin: float  # the margin used (calibrated when margin_setting is "auto")
     margin_setting: float | str
+    min_gap: float  # reasoning also needs p_ref - p_disc above it (0: off)
     granularity: str
     samples: dict[str, int]  # per split
     target_tokens: dict[str, int]  # per class

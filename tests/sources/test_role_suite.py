@@ -442,8 +442,8 @@ def test_roles_report_has_one_row_per_format_and_setting(tmp_path):
             _row("bfcl", [1, 0, -1, -1], [0.0, 0.0, 9.0, 9.0])]    # fn, tn
     out = role_table(_fake_run(tmp_path, rows), [0.5])
     lines = out.splitlines()
-    assert lines[2].startswith("| control | foreign | value | 0.5 |")
-    per_format = {tuple(c.strip() for c in line.split("|")[1:5]): [c.strip() for c in line.split("|")[5:-2]]
+    assert lines[2].startswith("| control | foreign | value | 0.5 | 0.0 |")
+    per_format = {tuple(c.strip() for c in line.split("|")[1:5]): [c.strip() for c in line.split("|")[6:-2]]
                   for line in lines if line.startswith(("| react", "| bfcl"))}
     # react: 7 scored tokens, 4 of them boilerplate; tp 2, fp 1, fn 1 -> P 0.667, R 0.667.
     assert per_format[("react", "control", "token", "0.5")] == ["7", "0.571", "0.667", "0.667", "0.667"]
@@ -476,13 +476,29 @@ def test_suite_table_chooses_each_setting_on_the_other_formats(tmp_path):
     held = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in out.splitlines() if line.startswith("| ") and "held-out" not in line
             and line.split("|")[2].strip().startswith(("control", "base"))}
-    assert held["python"][0] == "control, token, 0.5" and held["python"][4] == "0.000"
+    assert held["python"][0] == "control, token, 0.5, 0.0" and held["python"][4] == "0.000"
     assert held["python"][5].startswith("1.000")
     # Held out, react gets what hermes and python agree on best (0.2: mean F1 0.833), which calls
     # its 0.3 noise reasoning: choosing on other formats costs it, as it should show.
-    assert held["react"][0] == "control, token, 0.2" and held["react"][4] == "0.667"
+    assert held["react"][0] == "control, token, 0.2, 0.0" and held["react"][4] == "0.667"
     with pytest.raises(ValueError, match="more than one run"):
         suite_table([dirs[0], dirs[0]], [0.5])
+
+
+def test_roles_report_tabulates_each_min_gap(tmp_path):
+    # Token 0 is a value the control is sure of (LD 1, gap 0.63), token 1 a word both models find
+    # hard (LD 2, gap 0.12): LD alone calls both reasoning, a min gap of 0.3 only the value.
+    n = 2
+    prep = {"split": "train", "text": "a b", "offsets": [[0, 1], [2, 3]], "loss_mask": [1] * n,
+            "role_truth": [1, 0], "meta": json.dumps({"format": "prose"})}
+    score = {"loss_disc": [1.0, 4.0], "loss_base": [0.0, 0.0], "loss_control": [0.0, 2.0]}
+    out = role_table(_fake_run(tmp_path, [(prep, score)]), [0.5], [0.0, 0.3, 0.3])
+    rows = {tuple(c.strip() for c in line.split("|")[1:6]): [c.strip() for c in line.split("|")[6:-1]]
+            for line in out.splitlines() if line.startswith("| control | foreign | token | 0.5 ")}
+    # The setting asked for twice is one row.
+    assert set(rows) == {("control", "foreign", "token", "0.5", g) for g in ("0.0", "0.3")}
+    assert rows[("control", "foreign", "token", "0.5", "0.0")][1:] == ["0.500", "1.000", "0.667"]
+    assert rows[("control", "foreign", "token", "0.5", "0.3")][1:] == ["1.000", "1.000", "1.000"]
 
 
 def test_calibrated_margin_mirrors_the_negative_side_of_ld():

@@ -110,7 +110,7 @@ def _work(run: StageRun, scored: StageRecord, prepared: StageRecord, disc: Stage
             loss_disc = np.asarray(s["loss_disc"], dtype=np.float32)
             loss_ref = np.asarray(s["loss_control"], dtype=np.float32) if reference == "control" else loss_base
             groups = class_groups(p["text"], p["offsets"], mask, wc.granularity)
-            classes = token_classes(loss_disc, loss_ref, mask, margin, groups)
+            classes = token_classes(loss_disc, loss_ref, mask, margin, groups, wc.min_gap)
             # The summary's classes, roles and pre-flight are SHAD's on the prepared samples, whatever the method.
             tally.add(p["split"], np.asarray(p["input_ids"]), classes, loss_disc - loss_ref, p["role_truth"])
             if p["split"] == "train":  # what the fine-tune will weigh
@@ -131,6 +131,7 @@ def _work(run: StageRun, scored: StageRecord, prepared: StageRecord, disc: Stage
         progress.update(prep.num_rows)
     progress.close()
     summary = WeightsSummary(method=wc.method, reference=reference, margin=margin, margin_setting=wc.margin,
+                             min_gap=wc.min_gap,
                              granularity=wc.granularity, **tally.summary(tokenizer, wc.top_tokens),
                              preflight=verdict(preflight.checks()),
                              critical=_critical_summary(run, critical) if wc.method == "critical" else None)
