@@ -107,6 +107,7 @@ class WeightsSummary:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
+        data.setdefault("min_gap", 0.0)  # written before min_gap existed: its classes are min gap 0
         return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
