@@ -397,7 +397,7 @@ def test_read_source_and_fingerprint():
     assert read_source(source) == generate_role_suite(6, 1, "multiturn")
     fingerprint = source_fingerprint(source)
     assert fingerprint["role_suite"] == "2"
-    assert set(fingerprint["code"]) == {"role_suite", "synthetic", "tools_text"}
+    assert set(fingerprint["code"]) == {"role_suite", "synthetic", "tools_text", "call_formats"}
     assert fingerprint == source_fingerprint(RolesSource())  # the code, not the settings (those are in the key)
 
 

@@ -12,12 +12,14 @@ import pyarrow as pa
 
 def check_answer(answer: str, meta: dict[str, Any]) -> tuple[str, bool | None, str | None, str | None]:
     """(task, correct, error, gold) of one answer: a BFCL question (meta has `ground_truth` and
-    `functions`) through BFCL's own AST checker, a GSM8K-style problem (meta has `answer`) by exact
-    numeric match, anything else unchecked."""
+    `functions`) read back in its call format (`call_format`, python by default) and checked by
+    BFCL's own AST checker, a GSM8K-style problem (meta has `answer`) by exact numeric match,
+    anything else unchecked."""
     if "ground_truth" in meta and "functions" in meta:
         from .bfcl_match import match_call
 
-        result = match_call(answer, meta["functions"], meta["ground_truth"], meta["category"])
+        result = match_call(answer, meta["functions"], meta["ground_truth"], meta["category"],
+                            meta.get("call_format", "python"))
         return f"bfcl:{meta['category']}", result.valid, result.error, json.dumps(meta["ground_truth"])
     if "answer" in meta:
         from .gsm_answer import answers_match

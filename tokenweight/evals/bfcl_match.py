@@ -61,9 +61,10 @@ def parse_calls(text: str) -> list[dict[str, dict]]:
 
 
 def match_call(
-    answer_text: str, functions: list[dict], ground_truth: list[dict], category: str
+    answer_text: str, functions: list[dict], ground_truth: list[dict], category: str, call_format: str = "python"
 ) -> MatchResult:
-    """BFCL's verdict on one answer for a record's function docs and ground truth.
+    """BFCL's verdict on one answer, written in `call_format` (call_answers.py), for a record's
+    function docs and ground truth.
 
     Unsupported categories raise ValueError; a bad answer never raises, it is just not valid.
     """
@@ -71,8 +72,10 @@ def match_call(
         raise ValueError(
             f"unsupported BFCL category {category!r} (supported: {', '.join(SUPPORTED_CATEGORIES)})"
         )
+    from .call_answers import parse_answer  # it imports this module's python reader
+
     try:
-        calls = parse_calls(answer_text)
+        calls = parse_answer(answer_text, call_format)
     except CallParseError as error:
         return MatchResult(False, f"unparseable: {error}")
     # The category name alone picks the checker's mode: "parallel" (any order), "multiple"

@@ -1,10 +1,12 @@
 """BFCL (Berkeley Function Calling Leaderboard) single-turn categories as `Sample`s.
 
 Reads the data files shipped in the installed `bfcl-eval` package without importing it (its
-import pulls in heavy dependencies). Each record becomes: a system message with the compact tool
-list, the question's messages, and an assistant answer built from the ground truth as
-`[name(arg=value, ...)]`, taking the first acceptable value of every argument. The raw ground
-truth and function docs go into `meta` so the eval stage can check answers the BFCL way.
+import pulls in heavy dependencies). Each record becomes: a system message with the tool list,
+the question's messages, and an assistant answer built from the ground truth, taking the first
+acceptable value of every argument, written in the call format asked for (call_formats.py: BFCL's
+own `[name(arg=value, ...)]` by default, or Hermes tags or ReAct). The raw ground truth, function
+docs and (where not python) the call format go into `meta` so the eval stage can parse the answer
+back and check it the BFCL way.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenweight.samples import Sample, Reject
-from tokenweight.sources.tools_text import format_calls, system_with_tools
+from tokenweight.sources.call_formats import assistant_text, system_text
 
 # The single-turn categories whose ground truth is a list of calls with acceptable values.
 # Others either have no ground truth (irrelevance) or use other formats (multi_turn, memory).
@@ -63,7 +65,7 @@ def category_files(category: str) -> list[Path]:
 
 
 def read_bfcl(
-    categories: list[str], limit_per_category: int | None = None
+    categories: list[str], limit_per_category: int | None = None, call_format: str = "python"
 ) -> Iterator[Sample | Reject]:
     """Samples (and rejects) for the first `limit_per_category` records of each category.
 
@@ -75,14 +77,16 @@ def read_bfcl(
             raise ValueError(_unsupported(category, available))
     if limit_per_category is not None and limit_per_category < 0:
         raise ValueError(f"limit_per_category must be >= 0, got {limit_per_category}")
-    return _read_categories(bfcl_data_dir(), categories, limit_per_category)
+    return _read_categories(bfcl_data_dir(), categories, limit_per_category, call_format)
 
 
-def answer_text(ground_truth: list[dict[str, dict[str, list]]]) -> str:
-    """The assistant answer for a ground-truth list: `[f(a=1), g(b='x')]`."""
+def answer_text(ground_truth: list[dict[str, dict[str, list]]], call_format: str = "python",
+                sample_id: str = "") -> str:
+    """The assistant answer for a ground-truth list: `[f(a=1), g(b='x')]` in the python format."""
     if not isinstance(ground_truth, list) or not ground_truth:
         raise _BadRecord("ground truth is not a non-empty list of calls")
-    return format_calls([_call(number, call) for number, call in enumerate(ground_truth)])
+    calls = [_call(number, call) for number, call in enumerate(ground_truth)]
+    return assistant_text(None, calls, call_format, sample_id)
 
 
 def _unsupported(category: str, available: list[str]) -> str:
@@ -104,7 +108,7 @@ def _answer_file(data: Path, category: str) -> Path:
 
 
 def _read_categories(
-    data: Path, categories: list[str], limit: int | None
+    data: Path, categories: list[str], limit: int | None, call_format: str
 ) -> Iterator[Sample | Reject]:
     for category in categories:
         answers = _load_answers(_answer_file(data, category))
@@ -113,7 +117,7 @@ def _read_categories(
             for line, text in enumerate(handle, start=1):
                 if limit is not None and line > limit:
                     break
-                yield _record(str(questions), category, line, text, answers)
+                yield _record(str(questions), category, line, text, answers, call_format)
 
 
 def _load_answers(path: Path) -> dict[str, Any]:
@@ -127,7 +131,7 @@ def _load_answers(path: Path) -> dict[str, Any]:
 
 
 def _record(
-    file: str, category: str, line: int, text: str, answers: dict[str, Any]
+    file: str, category: str, line: int, text: str, answers: dict[str, Any], call_format: str = "python"
 ) -> Sample | Reject:
     record_id = None
     try:
@@ -141,17 +145,19 @@ def _record(
             raise _BadRecord(f"no ground truth for {record_id!r}")
         ground_truth = answers[record_id]
         functions = record.get("function")
-        messages = _messages(record.get("question"), functions)
-        messages.append({"role": "assistant", "content": answer_text(ground_truth)})
+        messages = _messages(record.get("question"), functions, call_format, record_id)
+        messages.append({"role": "assistant", "content": answer_text(ground_truth, call_format, record_id)})
     except json.JSONDecodeError as error:
         return Reject(file, line, None, f"invalid JSON: {error}")
     except _BadRecord as error:
         return Reject(file, line, record_id, str(error))
     meta = {"category": category, "ground_truth": ground_truth, "functions": functions}
+    if call_format != "python":  # absent for python, so python samples stay what they were
+        meta["call_format"] = call_format
     return Sample(record_id, messages, f"bfcl:{category}:{line}", meta=meta)
 
 
-def _messages(question: Any, functions: Any) -> list[dict[str, str]]:
+def _messages(question: Any, functions: Any, call_format: str = "python", sample_id: str = "") -> list[dict[str, str]]:
     """System message with the tools (and any system text of the question), then the rest."""
     if not isinstance(question, list) or len(question) != 1 or not isinstance(question[0], list):
         raise _BadRecord("question is not a single turn (a list holding one list of messages)")
@@ -169,7 +175,7 @@ def _messages(question: Any, functions: Any) -> list[dict[str, str]]:
     if not rest:
         raise _BadRecord("question has no user message")
     try:
-        system = system_with_tools("\n\n".join(system_parts) or None, functions)
+        system = system_text("\n\n".join(system_parts) or None, functions, call_format, sample_id)
     except ValueError as error:
         raise _BadRecord(f"bad function docs: {error}") from None
     return [{"role": "system", "content": system}, *rest]

@@ -5,8 +5,9 @@ Accepted rows:
    "reasoning_spans"?: {"<message index>": [[start, end], ...]}, "answer"?: number}
   {"id"?: str, "prompt": str, "completion": str, "answer"?: number}
 `answer` (a final number, as in GSM8K) lets the eval and critical stages check the model's answers.
-Assistant `tool_calls` are rendered as `[name(arg=value, ...)]` after the content, and `tools`
-are rendered into the system message, so later stages only ever see role + text.
+Assistant `tool_calls` are written into the text in the call format asked for (call_formats.py:
+`[name(arg=value, ...)]` after the content by default, or Hermes tags, or ReAct with the content as
+the thought), and `tools` into the system message, so later stages only ever see role + text.
 
 Whole-file problems (missing file, unknown suffix, Parquet without usable columns) raise at call
 time; everything wrong with a single row becomes a Reject naming its line (1-based JSONL line or
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from tokenweight.samples import ROLES, Sample, Reject
 from tokenweight.sources.numbers import normalize_number
-from tokenweight.sources.tools_text import format_calls, system_with_tools
+from tokenweight.sources.call_formats import assistant_text, system_text
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIX = ".parquet"
@@ -43,8 +44,9 @@ class _BadRow(Exception):
     """A row-level problem; its message is the Reject reason."""
 
 
-def read_chat_file(path: str) -> Iterator[Sample | Reject]:
-    """Samples and rejects from one JSONL or Parquet chat file, in file order."""
+def read_chat_file(path: str, call_format: str = "python") -> Iterator[Sample | Reject]:
+    """Samples and rejects from one JSONL or Parquet chat file, in file order, with tool calls
+    written in `call_format`."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"chat file not found: {path}")
@@ -57,10 +59,10 @@ def read_chat_file(path: str) -> Iterator[Sample | Reject]:
         raise ValueError(
             f"{path}: unsupported file type {suffix!r} (expected .jsonl, .json or .parquet)"
         )
-    return _samples(path, rows)
+    return _samples(path, rows, call_format)
 
 
-def _samples(path: str, rows: Iterator[tuple[int, Any] | Reject]) -> Iterator[Sample | Reject]:
+def _samples(path: str, rows: Iterator[tuple[int, Any] | Reject], call_format: str) -> Iterator[Sample | Reject]:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem)
     first_line: dict[str, int] = {}
     for item in rows:
@@ -68,7 +70,7 @@ def _samples(path: str, rows: Iterator[tuple[int, Any] | Reject]) -> Iterator[Sa
             yield item
             continue
         line, row = item
-        result = _parse_row(path, line, stem, row)
+        result = _parse_row(path, line, stem, row, call_format)
         if isinstance(result, Sample):
             # Only accepted samples claim an id, so a rejected row cannot shadow a good one.
             if result.id in first_line:
@@ -141,7 +143,7 @@ def _decode_json_text(row: dict) -> dict:
     return row
 
 
-def _parse_row(path: str, line: int, stem: str, row: Any) -> Sample | Reject:
+def _parse_row(path: str, line: int, stem: str, row: Any, call_format: str = "python") -> Sample | Reject:
     if not isinstance(row, dict):
         return Reject(path, line, None, f"row is {_kind(row)}, expected object")
     try:
@@ -149,7 +151,7 @@ def _parse_row(path: str, line: int, stem: str, row: Any) -> Sample | Reject:
     except _BadRow as error:
         return Reject(path, line, None, str(error))
     try:
-        messages, shift = _with_tools(_messages(row), row.get("tools"))
+        messages, shift = _with_tools(_messages(row, call_format, sample_id), row.get("tools"), call_format, sample_id)
         spans = _reasoning_spans(row.get("reasoning_spans"), messages, shift)
         meta = _answer_meta(row.get("answer"))
     except _BadRow as error:
@@ -186,13 +188,13 @@ def _row_id(value: Any, stem: str, line: int) -> str:
     return value
 
 
-def _messages(row: dict) -> list[dict[str, str]]:
+def _messages(row: dict, call_format: str, sample_id: str) -> list[dict[str, str]]:
     raw = row.get("messages")
     if raw is None or raw == []:
         raw = _prompt_completion(row, "messages is empty" if raw == [] else "no messages")
     if not isinstance(raw, list):
         raise _BadRow(f"messages is {_kind(raw)}, expected list")
-    messages = [_message(index, message) for index, message in enumerate(raw)]
+    messages = [_message(index, message, call_format, sample_id) for index, message in enumerate(raw)]
     if not any(message["role"] == "assistant" for message in messages):
         raise _BadRow("no assistant turn")
     return messages
@@ -210,7 +212,7 @@ def _prompt_completion(row: dict, missing: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
 
 
-def _message(index: int, message: Any) -> dict[str, str]:
+def _message(index: int, message: Any, call_format: str, sample_id: str) -> dict[str, str]:
     if not isinstance(message, dict):
         raise _BadRow(f"message {index} is {_kind(message)}, expected object")
     role = message.get("role")
@@ -220,7 +222,8 @@ def _message(index: int, message: Any) -> dict[str, str]:
         raise _BadRow(f"message {index} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
     content = message.get("content")
     if role == "assistant":
-        return {"role": role, "content": _assistant_text(index, content, message.get("tool_calls"))}
+        return {"role": role, "content": _assistant_text(index, content, message.get("tool_calls"), call_format,
+                                                         sample_id)}
     if content is None:
         raise _BadRow(f"message {index} has no content")
     if not isinstance(content, str):
@@ -228,7 +231,7 @@ def _message(index: int, message: Any) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
-def _assistant_text(index: int, content: Any, tool_calls: Any) -> str:
+def _assistant_text(index: int, content: Any, tool_calls: Any, call_format: str, sample_id: str) -> str:
     if content is not None and not isinstance(content, str):
         raise _BadRow(f"message {index} content is {_kind(content)}, expected string")
     text = content or ""
@@ -237,8 +240,7 @@ def _assistant_text(index: int, content: Any, tool_calls: Any) -> str:
         if not text.strip():
             raise _BadRow(f"message {index} (assistant) has empty content and no tool_calls")
         return text
-    rendered = format_calls(calls)
-    return f"{text.rstrip()}\n{rendered}" if text.strip() else rendered
+    return assistant_text(text, calls, call_format, sample_id)
 
 
 def _tool_calls(index: int, tool_calls: Any) -> list[tuple[str, dict]]:
@@ -268,13 +270,14 @@ def _tool_call(where: str, call: Any) -> tuple[str, dict]:
     return name, arguments
 
 
-def _with_tools(messages: list[dict[str, str]], tools: Any) -> tuple[list[dict[str, str]], int]:
+def _with_tools(messages: list[dict[str, str]], tools: Any, call_format: str,
+                sample_id: str) -> tuple[list[dict[str, str]], int]:
     """Messages with the tool list in the system message, and how far indices moved (0 or 1)."""
     if tools is None or tools == []:
         return messages, 0
     has_system = messages[0]["role"] == "system"
     try:
-        system = system_with_tools(messages[0]["content"] if has_system else None, tools)
+        system = system_text(messages[0]["content"] if has_system else None, tools, call_format, sample_id)
     except ValueError as error:
         raise _BadRow(f"bad tools: {error}") from None
     if has_system:

@@ -53,20 +53,28 @@ def code_hashes(*modules: ModuleType) -> dict[str, str]:
 def _read_file(source: FileSource):
     from .chat_files import read_chat_file
 
-    return read_chat_file(source.path)
+    return read_chat_file(source.path, source.call_format)
 
 
 def _file_fingerprint(source: FileSource) -> dict[str, Any]:
     path = Path(source.path)
     if not path.is_file():
         raise PrepareError(f"{path}: data file not found")
-    return {"sha256": sha256_file(path)}
+    return {"sha256": sha256_file(path), **_call_format_code(source.call_format)}
+
+
+def _call_format_code(call_format: str) -> dict[str, Any]:
+    """The code that writes hermes and react calls, for sources written in them (python's writer is
+    older than call formats: a store made before them keeps its keys)."""
+    from . import call_formats, tools_text
+
+    return {} if call_format == "python" else {"call_format_code": code_hashes(call_formats, tools_text)}
 
 
 def _read_bfcl(source: BfclSource):
     from .bfcl import read_bfcl
 
-    return read_bfcl(source.categories, source.limit_per_category)
+    return read_bfcl(source.categories, source.limit_per_category, source.call_format)
 
 
 def _bfcl_files(categories: list[str]) -> dict[str, str]:
@@ -76,7 +84,8 @@ def _bfcl_files(categories: list[str]) -> dict[str, str]:
 
 
 def _bfcl_fingerprint(source: BfclSource) -> dict[str, Any]:
-    return {"bfcl_eval": importlib.metadata.version("bfcl-eval"), "files": _bfcl_files(source.categories)}
+    return {"bfcl_eval": importlib.metadata.version("bfcl-eval"), "files": _bfcl_files(source.categories),
+            **_call_format_code(source.call_format)}
 
 
 def _read_synthetic(source: SyntheticSource):
@@ -98,9 +107,9 @@ def _read_roles(source: RolesSource):
 
 
 def _roles_fingerprint(source: RolesSource) -> dict[str, Any]:
-    from . import role_suite, synthetic, tools_text
+    from . import call_formats, role_suite, synthetic, tools_text
 
-    return {"role_suite": role_suite.VERSION, "code": code_hashes(role_suite, synthetic, tools_text)}
+    return {"role_suite": role_suite.VERSION, "code": code_hashes(role_suite, synthetic, tools_text, call_formats)}
 
 
 def _read_bfcl_roles(source: BfclRolesSource):

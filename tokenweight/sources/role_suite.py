@@ -64,6 +64,13 @@ from string import Formatter
 from typing import Any
 
 from tokenweight.samples import Sample
+from tokenweight.sources.call_formats import (
+    HERMES_CALL_HOWTO,
+    HERMES_INSTRUCTIONS,
+    PLAIN_THOUGHTS,
+    REACT_INSTRUCTIONS,
+    TOOL_LIST_HEADERS,
+)
 from tokenweight.sources.synthetic import FAMILIES, SYSTEM_TEXTS, Family
 from tokenweight.sources.tools_text import compact_tools, system_with_tools
 
@@ -73,35 +80,12 @@ VERSION = "2"
 FORMATS = ("react", "hermes", "python", "multiturn", "prose")
 CONSTANT_RESULT_FIELDS = {"get_stock_price": frozenset({"currency"}), "send_email": frozenset({"status"})}
 
-REACT_INSTRUCTIONS = (
-    "Use the tools below. Reply in this format:\nThought: what you need to do\nAction: the tool to use\n"
-    "Action Input: the arguments as a JSON object",
-    "Answer with a short thought, the tool to call and its arguments in JSON:\nThought: ...\nAction: ...\n"
-    "Action Input: {...}",
-    "You have access to these tools. Always answer as\nThought: your reasoning\nAction: one tool name\n"
-    "Action Input: a JSON object of arguments",
-)
-TOOL_LIST_HEADERS = ("Tools:", "Available tools:", "You can use:")
 # `{value}` is one argument value of the call (its first statement, so reasoning).
 THOUGHTS = (
-    "I need to call a tool for this.",
-    "I should use a tool to answer.",
-    "A single tool call answers this.",
+    *PLAIN_THOUGHTS,
     "The user mentioned {value}; a tool can handle that.",
     "This request involves {value}, so I will call the matching tool.",
     "To answer, I need a tool call with {value}.",
-)
-HERMES_INSTRUCTIONS = (
-    "You are a function calling AI model. You are provided with function signatures within <tools></tools> "
-    "XML tags. Call one function to assist with the user query.",
-    "You can call functions. Their signatures are listed within <tools></tools> XML tags.",
-    "You are a helpful assistant with access to the functions listed within <tools></tools> XML tags.",
-)
-HERMES_CALL_HOWTO = (
-    "For each function call return a JSON object with the function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-dict>}\n"
-    "</tool_call>",
-    "Return the call as JSON inside <tool_call></tool_call> tags, with keys \"name\" and \"arguments\".",
 )
 PREFACES = ("Sure, let me check.", "I'll call a tool for that.", "One moment.", "Let me handle that.",
             "Calling the tool now.")

@@ -21,7 +21,7 @@ from ..run_log import logger
 from ..samples import Reject, Sample
 from ..schemas import PREPARED
 from ..sources.registry import PrepareError, read_sources, source_fingerprint
-from ..stage_protocol import Stage, StageRun, section
+from ..stage_protocol import Stage, StageRun
 
 
 def _fingerprint(cfg: PipelineConfig, **_: Any) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def _work(run: StageRun, base: ModelRef) -> dict[str, Any]:
 PREPARE = Stage(
     name="prepare",
     version="2",
-    config=section("prepare"),
+    config=lambda cfg: cfg.prepare.key_settings(),
     inputs=lambda cfg, base: {"base_model": base.key},
     extra=_fingerprint,
     work=_work,
