@@ -135,6 +135,8 @@ def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harne
         assert " ran " in line and f"{store}/{stage}/" in line
     assert "samples:" in out and "weight shards:" in out and "against known roles" in out
     assert "eval [rft]: accuracy n/a on 0 checked samples; held-out loss boilerplate" in out
+    # The tiny model's classes are all boilerplate here; a class with no token is left out.
+    assert re.search(r"held-out loss per token class, base model -> tuned: boilerplate [0-9.]+ -> [0-9.]+\n", out), out
     assert "every stage came from the cache" not in out
 
     assert main(["run", cfg]) == 0

@@ -40,6 +40,21 @@ def test_every_arm_and_the_base_model_are_evaluated_on_the_same_samples(compare_
     assert ids["sft"] == ids["rft"] == ids["base"] and len(ids["sft"]) > 0
 
 
+def test_the_base_rows_held_out_loss_is_the_one_the_score_stage_already_has(compare_run):
+    """The run summary's "base model -> tuned" reads the base's held-out class losses from the weight
+    shards (no model run): they are the eval stage's own for the base model, token for token."""
+    from tokenweight.evals.answer_check import base_heldout_loss
+
+    cfg, store, result = compare_run
+    base_eval = Path(result["eval"]["base"].uri)
+    ids = set(pl.read_parquet(base_eval / "predictions.parquet")["id"].to_list())
+    from_scores = base_heldout_loss(Path(result["shared"]["weights"].uri), ids)
+    measured = json.loads((base_eval / "metrics.json").read_text())["heldout_loss"]
+    for cls in ("boilerplate", "reasoning"):
+        assert from_scores[cls] == pytest.approx(measured[cls], abs=2e-4)
+    assert base_heldout_loss(Path(result["shared"]["weights"].uri), set()) == {"boilerplate": None, "reasoning": None}
+
+
 def test_arms_share_every_stage_before_the_fine_tune_and_differ_after(compare_run):
     cfg, store, result = compare_run
     sft, rft = result["finetune"]["sft"], result["finetune"]["rft"]

@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from .config import ALL_STAGES, load_config
+from .evals.answer_check import base_heldout_loss
 from .models import check_model_name
 from .preflight import verdict_lines
 from .serve import add_serve_parser, serve_command
@@ -69,7 +72,8 @@ def print_report(records: dict[str, StageRecord], seconds: float, store: Store) 
     if "weights" in records:
         print_summary(store.local_dir("weights", records["weights"].key), shown(store, records["weights"]))
     if "eval" in records:
-        print_eval(store.local_dir("eval", records["eval"].key))
+        weights_dir = store.local_dir("weights", records["weights"].key) if "weights" in records else None
+        print_eval(store.local_dir("eval", records["eval"].key), weights_dir)
 
 
 def shown(store: Store, record: StageRecord) -> str:
@@ -77,12 +81,19 @@ def shown(store: Store, record: StageRecord) -> str:
     return record.uri if store.is_local else f"{store.url}/{record.stage}/{record.key}"
 
 
-def print_eval(eval_dir: Path) -> None:
+def print_eval(eval_dir: Path, weights_dir: Path | None = None) -> None:
+    """The eval's accuracy and held-out loss per token class; with the weights output, the base
+    model's held-out loss on the same tokens beside it (before -> after the fine-tune)."""
     m = EvalMetrics.read(eval_dir)
     loss = m.heldout_loss
     accuracy = "n/a" if m.accuracy is None else f"{m.accuracy:.3f}"
     print(f"\neval [{m.model['name']}]: accuracy {accuracy} on {m.checked} checked samples; held-out loss "
           f"boilerplate {loss['boilerplate']}, reasoning {loss['reasoning']}")
+    if weights_dir is not None:
+        ids = set(pq.read_table(eval_dir / "predictions.parquet", columns=["id"]).column("id").to_pylist())
+        base = base_heldout_loss(weights_dir, ids)
+        print("  held-out loss per token class, base model -> tuned: " + ", ".join(
+            f"{c} {base[c]} -> {loss[c]}" for c in ("boilerplate", "reasoning") if base[c] is not None))
     for name, t in m.accuracy_by_task.items():
         print(f"  {name:<28} {t['accuracy']:.3f}  (n={t['n']})")
     print(f"predictions: {eval_dir}/predictions.parquet")

@@ -7,7 +7,10 @@ import json
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+
+from ..shards import iter_shards
 
 
 def check_answer(answer: str, meta: dict[str, Any]) -> tuple[str, bool | None, str | None, str | None]:
@@ -50,3 +53,20 @@ def summarize(table: pa.Table) -> dict[str, Any]:
         },
         "heldout_tokens": counts,
     }
+
+
+def base_heldout_loss(weights_dir, ids: set[str]) -> dict[str, float | None]:
+    """The base model's held-out loss per token class over the eval samples `ids`, from the score
+    the weights shards already hold (`loss_base`, `token_class`): the "before" of a fine-tune's
+    held-out loss, at no extra model run. Same tokens, same classes as the eval stage's."""
+    sums, counts = np.zeros(2), np.zeros(2)
+    for _, table in iter_shards(weights_dir, ["id", "split", "token_class", "loss_base"]):
+        for row in table.to_pylist():
+            if row["split"] != "eval" or row["id"] not in ids or row["loss_base"] is None:
+                continue
+            classes, loss = np.asarray(row["token_class"]), np.asarray(row["loss_base"], np.float64)
+            for c in (0, 1):
+                sums[c] += loss[classes == c].sum()
+                counts[c] += (classes == c).sum()
+    return {name: round(float(sums[c] / counts[c]), 4) if counts[c] else None
+            for c, name in enumerate(("boilerplate", "reasoning"))}
