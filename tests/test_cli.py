@@ -1,7 +1,9 @@
 """tokenweight.cli.main: one clear line for errors the user can fix, and a real small run."""
 
+import json
 import re
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -190,6 +192,18 @@ def test_compare_prints_the_table(tmp_path, tiny_model_dir, prefect_harness, pre
     rows = [l for l in out.splitlines() if l.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["base", "sft", "weighted"]
     assert f"{tmp_path / 'store'}/compare/" in out
+
+    # --export on the cached run: the table and every row's predictions and metrics, as files to commit.
+    exported = tmp_path / "results"
+    assert main(["compare", cfg, "--export", str(exported)]) == 0
+    assert "(0 ran, 10 cached)" in prefect_capfd.readouterr().out
+    table = json.loads((exported / "table.json").read_text())
+    assert [r["arm"] for r in table["rows"]] == ["base", "sft", "weighted"]
+    assert (exported / "table.md").read_text().startswith("| arm |")
+    for arm in ("base", "sft", "weighted"):
+        predictions = pq.read_table(exported / "predictions" / f"{arm}.parquet")
+        metrics = json.loads((exported / "metrics" / f"{arm}.json").read_text())
+        assert predictions.num_rows == metrics["samples"] > 0 and metrics["model"]["name"] == arm
 
 
 def test_compare_with_a_bad_arm_override_exits_2_naming_it(tmp_path, capsys, tiny_model_dir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="train several fine-tune arms (default sft, rft) and compare them")
     compare.add_argument("config", help="pipeline config (YAML) with a compare section, e.g. configs/bfcl-smollm2.yaml")
     _config_options(compare)
+    compare.add_argument("--export", type=Path, metavar="DIR",
+                         help="also copy table.md, table.json, each row's predictions (predictions/ARM.parquet) "
+                              "and its eval metrics (metrics/ARM.json) into DIR, small files to commit or share")
     roles = sub.add_parser("roles", help="compare a run's token classes with known token roles")
     roles.add_argument("weights_dir", nargs="+",
                        help="a finished weights output, {store}/weights/{key}; several (one data set per format): "
@@ -176,6 +180,21 @@ def print_compare(result: dict, seconds: float, store: Store) -> None:
     print(f"table: {shown(store, result['compare'])}/table.md and table.json")
 
 
+def export_compare(result: dict, store: Store, out: Path) -> None:
+    """The compare table and, per row (the arms and the base model), its predictions and eval
+    metrics, copied into `out`: everything needed to re-check the verdicts without the store."""
+    for sub in ("predictions", "metrics"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    table_dir = store.local_dir("compare", result["compare"].key)
+    for name in ("table.md", "table.json"):
+        shutil.copyfile(table_dir / name, out / name)
+    for arm, record in result["eval"].items():
+        eval_dir = store.local_dir("eval", record.key)
+        shutil.copyfile(eval_dir / "predictions.parquet", out / "predictions" / f"{arm}.parquet")
+        shutil.copyfile(eval_dir / EvalMetrics.FILE, out / "metrics" / f"{arm}.json")
+    print(f"exported: {out}/table.md, table.json, predictions/*.parquet, metrics/*.json ({len(result['eval'])} rows)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "roles":
@@ -209,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "compare":
         print_compare(result, time.time() - started, store)
+        if args.export is not None:
+            export_compare(result, store, args.export)
     else:
         print_report(result, time.time() - started, store)
     return 0
