@@ -82,7 +82,8 @@ def read_bfcl(
 
 def answer_text(ground_truth: list[dict[str, dict[str, list]]], call_format: str = "python",
                 sample_id: str = "") -> str:
-    """The assistant answer for a ground-truth list: `[f(a=1), g(b='x')]` in the python format."""
+    """The assistant answer for a ground-truth list in `call_format` (python: `[f(a=1), g(b='x')]`);
+    the sample id picks a ReAct answer's generic thought."""
     if not isinstance(ground_truth, list) or not ground_truth:
         raise _BadRecord("ground truth is not a non-empty list of calls")
     calls = [_call(number, call) for number, call in enumerate(ground_truth)]
@@ -131,7 +132,7 @@ def _load_answers(path: Path) -> dict[str, Any]:
 
 
 def _record(
-    file: str, category: str, line: int, text: str, answers: dict[str, Any], call_format: str = "python"
+    file: str, category: str, line: int, text: str, answers: dict[str, Any], call_format: str
 ) -> Sample | Reject:
     record_id = None
     try:
@@ -157,7 +158,7 @@ def _record(
     return Sample(record_id, messages, f"bfcl:{category}:{line}", meta=meta)
 
 
-def _messages(question: Any, functions: Any, call_format: str = "python", sample_id: str = "") -> list[dict[str, str]]:
+def _messages(question: Any, functions: Any, call_format: str, sample_id: str) -> list[dict[str, str]]:
     """System message with the tools (and any system text of the question), then the rest."""
     if not isinstance(question, list) or len(question) != 1 or not isinstance(question[0], list):
         raise _BadRecord("question is not a single turn (a list holding one list of messages)")

@@ -143,7 +143,7 @@ def _decode_json_text(row: dict) -> dict:
     return row
 
 
-def _parse_row(path: str, line: int, stem: str, row: Any, call_format: str = "python") -> Sample | Reject:
+def _parse_row(path: str, line: int, stem: str, row: Any, call_format: str) -> Sample | Reject:
     if not isinstance(row, dict):
         return Reject(path, line, None, f"row is {_kind(row)}, expected object")
     try:
