@@ -1,18 +1,16 @@
 """A model's answer, written in one of the call formats (sources/call_formats.py), read back as
 BFCL's decoded calls `[{name: {arg: value}}]` for its AST checker.
 
-How strict each reader is, against BFCL's own handlers:
-- `python`: bfcl_match.parse_calls, as BFCL's prompt-mode handlers decode (`ast` over the answer,
-  literal values only, arguments by name).
+How strict each reader is:
+- `python`: bfcl_match.parse_calls (`ast` over the answer, literal values only, arguments by name).
 - `hermes`: every `<tool_call>...</tool_call>` block in the answer, in order, must hold exactly one
   JSON object with a string `name` and an object `arguments` (JSON, so `true`, not `True`); text
-  outside the blocks is ignored, as BFCL's Hermes-style handlers ignore it. An unclosed block, or
-  none at all, is no answer. BFCL's own handlers for these models are no stricter on the tags and
-  also read JSON.
+  outside the blocks is ignored. An unclosed block, or none at all, is no answer. (BFCL's own
+  handlers for Hermes-style models were not compared with this reader.)
 - `react`: every `Action:` line names one call and must be followed by an `Action Input:` holding
   one JSON object (it may run over several lines); the thought and any text after the object are
   ignored. No `Action:` at all is no answer.
-Values then go to the checker as JSON gives them (lists for tuples, as BFCL's JSON handlers do).
+Values then go to the checker as JSON gives them (a tuple arrives as a list).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import json
 import re
 from typing import Any
 
-from tokenweight.sources.call_formats import HERMES_CLOSE, HERMES_OPEN, REACT_ACTION, REACT_INPUT
+from tokenweight.sources.call_formats import CALL_FORMATS, HERMES_CLOSE, HERMES_OPEN, REACT_ACTION, REACT_INPUT
 
 from .bfcl_match import CallParseError, parse_calls
 
@@ -37,7 +35,7 @@ def parse_answer(text: str, call_format: str) -> list[dict[str, dict[str, Any]]]
         return _hermes_calls(text)
     if call_format == "react":
         return _react_calls(text)
-    raise ValueError(f"unknown call format {call_format!r}; valid: python, hermes, react")
+    raise ValueError(f"unknown call format {call_format!r}; valid: {', '.join(CALL_FORMATS)}")
 
 
 def _hermes_calls(text: str) -> list[dict[str, dict[str, Any]]]:
