@@ -21,7 +21,9 @@ from pathlib import Path
 from benchmarks.harness import print_table, record
 
 SOURCES = {
-    "bfcl": ("configs/demo.yaml", lambda limit, _: [f"prepare.source.limit_per_category={limit}"], 128),
+    # the demo's BFCL questions as measured, written as python calls (the demo now writes Hermes calls)
+    "bfcl": ("configs/demo.yaml", lambda limit, _: [f"prepare.source.limit_per_category={limit}",
+                                                    "prepare.source.call_format=python"], 128),
     "gsm": ("configs/gsm8k-smollm2.yaml", lambda limit, _: [f"prepare.source.n={limit}", "prepare.eval_source.limit=4"], 256),
     "sums": ("configs/demo.yaml", lambda limit, path: [f"prepare.source={json.dumps({'kind': 'file', 'path': path})}"], 64),
 }

@@ -37,7 +37,8 @@ def main() -> None:
     for processes in (1, 2):
         cfg = load_config("configs/demo.yaml", [f"store={args.store}", f"prepare.source.limit_per_category={args.per_category}",
                                                 "finetune.method=sft", f"finetune.max_steps={args.steps}",
-                                                "finetune.logging_steps=1", f"finetune.processes={processes}"])
+                                                "finetune.logging_steps=1", f"finetune.processes={processes}",
+                                                "prepare.source.call_format=python"])  # as measured, before the demo wrote Hermes calls
         store = open_store(cfg)
         base = resolve_base_model(cfg.model, store)
         prepared = run_stage(PREPARE, cfg, store, base=base)
