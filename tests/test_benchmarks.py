@@ -2,6 +2,7 @@
 (the benchmarks themselves run on demand, not here)."""
 
 import numpy as np
+import pytest
 import torch
 from transformers import LlamaConfig
 
@@ -74,3 +75,20 @@ def test_role_suite_makes_one_data_set_per_format():
         else:
             assert cfg.prepare.source == RolesSource(format=fmt, n=120, seed=0)
         assert cfg.weights.granularity == "value" and cfg.weights.margin == 1.0  # the defaults
+
+
+def test_bfcl_hermes_reader_compiles_from_bfcl_source_and_parts_from_ours_where_results_say():
+    # results/bfcl-agent/README.md: which reader is stricter on which rule.
+    from benchmarks.hermes_reader_agreement import EDGE_CASES, bfcl_hermes_reader
+    from tokenweight.evals.bfcl_match import CallParseError
+    from tokenweight.evals.call_answers import parse_answer
+
+    bfcl, call = bfcl_hermes_reader(), [{"f": {"x": 1}}]
+    for alike in ("text around the block", "an unclosed second block"):
+        assert bfcl(EDGE_CASES[alike]) == parse_answer(EDGE_CASES[alike], "hermes") == call
+    assert bfcl(EDGE_CASES["no newline inside the tags"]) == []
+    assert parse_answer(EDGE_CASES["no newline inside the tags"], "hermes") == call
+    for stricter in ("an extra key beside name and arguments", "a second block that is not JSON"):
+        assert bfcl(EDGE_CASES[stricter]) == call
+        with pytest.raises(CallParseError):
+            parse_answer(EDGE_CASES[stricter], "hermes")
