@@ -65,14 +65,12 @@ def _read(reader, text: str) -> str:
         return f"{type(error).__name__}: {str(error)[:60]}"
 
 
-def bfcl_verdict(reader, text: str, meta: dict) -> tuple[bool, str | None]:
+def bfcl_verdict(reader, text: str, meta: dict) -> bfcl_match.MatchResult:
     try:
         calls = reader(text)
     except Exception as error:  # BFCL's own reader raises ValueError/KeyError/AttributeError
-        return False, f"unparseable: {type(error).__name__}"
-    result = bfcl_match._load_checker()(meta["functions"], calls, meta["ground_truth"],
-                                        test_category=meta["category"])
-    return bool(result["valid"]), None if result["valid"] else bfcl_match._short_error(result)
+        return bfcl_match.MatchResult(False, f"unparseable: {type(error).__name__}")
+    return bfcl_match.check_calls(calls, meta["functions"], meta["ground_truth"], meta["category"])
 
 
 def main() -> None:
@@ -82,23 +80,23 @@ def main() -> None:
     files = sorted((args.export / "predictions").glob("*.parquet"))
     if not files:
         raise SystemExit(f"{args.export}/predictions holds no ARM.parquet")
-    rows = [dict(r, arm=f.stem) for f in files for r in pq.read_table(f).to_pylist()]
-    categories = sorted({r["task"].removeprefix("bfcl:") for r in rows})
+    tables = {f.stem: pq.read_table(f).to_pylist() for f in files}
+    categories = sorted({r["task"].removeprefix("bfcl:") for rows in tables.values() for r in rows})
     metas = {s.id: s.meta for s in read_bfcl(categories, call_format="hermes") if hasattr(s, "meta")}
     reader = bfcl_hermes_reader()
     table, differences = [], []
-    for arm in [f.stem for f in files]:
+    for arm, rows in tables.items():
         counts = {"both": 0, "neither": 0, "ours only": 0, "bfcl only": 0}
-        for r in (r for r in rows if r["arm"] == arm):
+        for r in rows:
             meta = metas[r["id"]]
             ours = bfcl_match.match_call(r["prediction"], meta["functions"], meta["ground_truth"],
                                          meta["category"], "hermes")
-            theirs, their_error = bfcl_verdict(reader, r["prediction"], meta)
+            theirs = bfcl_verdict(reader, r["prediction"], meta)
             key = {(True, True): "both", (False, False): "neither",
-                   (True, False): "ours only", (False, True): "bfcl only"}[(ours.valid, theirs)]
+                   (True, False): "ours only", (False, True): "bfcl only"}[(ours.valid, theirs.valid)]
             counts[key] += 1
-            if ours.valid != theirs:
-                differences.append({"arm": arm, "id": r["id"], "ours": ours.error, "bfcl": their_error,
+            if ours.valid != theirs.valid:
+                differences.append({"arm": arm, "id": r["id"], "ours": ours.error, "bfcl": theirs.error,
                                     "prediction": r["prediction"]})
         n = sum(counts.values())
         table.append([arm, n, *counts.values(), f"{(counts['both'] + counts['neither']) / n:.3f}"])

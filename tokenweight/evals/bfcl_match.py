@@ -68,22 +68,32 @@ def match_call(
 
     Unsupported categories raise ValueError; a bad answer never raises, it is just not valid.
     """
-    if category not in SUPPORTED_CATEGORIES:
-        raise ValueError(
-            f"unsupported BFCL category {category!r} (supported: {', '.join(SUPPORTED_CATEGORIES)})"
-        )
+    _require_supported(category)
     from .call_answers import parse_answer  # it imports this module's python reader
 
     try:
         calls = parse_answer(answer_text, call_format)
     except CallParseError as error:
         return MatchResult(False, f"unparseable: {error}")
+    return check_calls(calls, functions, ground_truth, category)
+
+
+def check_calls(calls: list[dict], functions: list[dict], ground_truth: list[dict], category: str) -> MatchResult:
+    """BFCL's verdict on calls already decoded to `[{name: {arg: value}}]`, by whatever reader."""
+    _require_supported(category)
     # The category name alone picks the checker's mode: "parallel" (any order), "multiple"
     # (one call among several functions) or simple; live_* names select the same way.
     result = _load_checker()(functions, calls, ground_truth, test_category=category)
     if result["valid"]:
         return MatchResult(True, None)
     return MatchResult(False, _short_error(result))
+
+
+def _require_supported(category: str) -> None:
+    if category not in SUPPORTED_CATEGORIES:
+        raise ValueError(
+            f"unsupported BFCL category {category!r} (supported: {', '.join(SUPPORTED_CATEGORIES)})"
+        )
 
 
 def _expression(text: str) -> ast.expr | None:

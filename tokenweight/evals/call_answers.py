@@ -5,8 +5,10 @@ How strict each reader is:
 - `python`: bfcl_match.parse_calls (`ast` over the answer, literal values only, arguments by name).
 - `hermes`: every `<tool_call>...</tool_call>` block in the answer, in order, must hold exactly one
   JSON object with a string `name` and an object `arguments` (JSON, so `true`, not `True`); text
-  outside the blocks is ignored. An unclosed block, or none at all, is no answer. (BFCL's own
-  handlers for Hermes-style models were not compared with this reader.)
+  outside the blocks is ignored. An unclosed block, or none at all, is no answer. Against BFCL's
+  own Hermes reader (its Qwen-FC handler; benchmarks/hermes_reader_agreement.py): same verdict on
+  every answer of results/bfcl-agent; more lenient on whitespace inside the tags, stricter on a
+  block that is not JSON or holds keys beside `name` and `arguments`.
 - `react`: every `Action:` line names one call and must be followed by an `Action Input:` holding
   one JSON object (it may run over several lines); the thought and any text after the object are
   ignored. No `Action:` at all is no answer.
