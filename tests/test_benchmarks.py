@@ -92,3 +92,27 @@ def test_bfcl_hermes_reader_compiles_from_bfcl_source_and_parts_from_ours_where_
         assert bfcl(EDGE_CASES[stricter]) == call
         with pytest.raises(CallParseError):
             parse_answer(EDGE_CASES[stricter], "hermes")
+
+
+def test_rft_tau_reads_the_weights_shards_train_split_as_the_preflight_does(tmp_path):
+    import math
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.rft_tau import tau_table
+
+    # one train sample with both classes (boilerplate loss 1, reasoning loss 2), one with reasoning
+    # only (w_r 1), and an eval sample that must not count; -1 marks positions outside the target.
+    rows = [{"split": "train", "loss_base": [9.0, 1.0, 1.0, 2.0], "loss_disc": [0.0, 0.1, 0.1, 3.0],
+             "token_class": [-1, 0, 0, 1]},
+            {"split": "train", "loss_base": [5.0, 5.0], "loss_disc": [4.0, 4.0], "token_class": [1, 1]},
+            {"split": "eval", "loss_base": [0.0, 9.0], "loss_disc": [0.0, 0.0], "token_class": [0, 1]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part-00000.parquet")
+    table = tau_table(tmp_path, [0.5, 3.0])
+    for row, tau in zip(table, [0.5, 3.0]):
+        w_r = 1 / (1 + math.exp(-(2.0 - 1.0) / tau))
+        assert row["samples"] == 2
+        assert row["rft_reasoning_weight"] == pytest.approx((w_r + 1.0) / 2, abs=1e-4)
+        assert row["sft_reasoning_share"] == pytest.approx(3 / 5, abs=1e-4)
+    assert table[0]["rft_reasoning_weight"] > table[1]["rft_reasoning_weight"]  # a lower tau follows the loss gap
