@@ -116,3 +116,24 @@ def test_rft_tau_reads_the_weights_shards_train_split_as_the_preflight_does(tmp_
         assert row["rft_reasoning_weight"] == pytest.approx((w_r + 1.0) / 2, abs=1e-4)
         assert row["sft_reasoning_share"] == pytest.approx(3 / 5, abs=1e-4)
     assert table[0]["rft_reasoning_weight"] > table[1]["rft_reasoning_weight"]  # a lower tau follows the loss gap
+
+
+def test_weight_share_splits_the_weight_column_by_class_over_train_samples(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.weight_share import weight_share
+
+    # sample 1 puts 0.25 on its one reasoning token, sample 2 weighs only a boilerplate token
+    # (one of its two reasoning tokens unweighted); the eval sample must not count; -1 is not target.
+    rows = [{"split": "train", "token_class": [-1, 0, 0, 1], "weight": [0.0, 0.5, 0.25, 0.25]},
+            {"split": "train", "token_class": [0, 1, 1], "weight": [1.0, 0.0, 0.0]},
+            {"split": "eval", "token_class": [1, 1], "weight": [0.5, 0.5]}]
+    schema = pa.schema([("split", pa.string()), ("token_class", pa.list_(pa.int8())), ("weight", pa.list_(pa.float32()))],
+                       metadata={"tokenweight.method": "rho1"})
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "part-00000.parquet")
+    share = weight_share(tmp_path)
+    assert share["method"] == "rho1" and share["samples"] == 2
+    assert share["reasoning_weight"] == pytest.approx((0.25 + 0.0) / 2, abs=1e-3)
+    assert share["sft_reasoning_share"] == pytest.approx(3 / 6, abs=1e-3)
+    assert share["boilerplate_kept"] == pytest.approx(1.0) and share["reasoning_kept"] == pytest.approx(1 / 3, abs=1e-3)
