@@ -1,5 +1,7 @@
 """config.py: strict parsing that names keys, --set overrides, config files."""
 
+from pathlib import Path
+
 import pytest
 
 from tokenweight.config import (
@@ -147,3 +149,11 @@ def test_configs_are_frozen():
     cfg = PipelineConfig()
     with pytest.raises(Exception):
         cfg.discriminator.epochs = 5
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    # the configs the README runs: a typo in one (an arm's key, a method name) fails here, not an hour in
+    cfg = load_config(path)
+    assert isinstance(cfg, PipelineConfig)
+    assert len({arm.name for arm in cfg.compare.arms}) == len(cfg.compare.arms)
