@@ -16,7 +16,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -170,6 +170,24 @@ def machine() -> dict[str, Any]:
 
 def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
+
+
+def weight_shards(weights_dir: Path) -> list[Path]:
+    """A weights stage output's Parquet shards, or a clear exit when the directory is not one."""
+    shards = sorted(Path(weights_dir).glob("part-*.parquet"))
+    if not shards:
+        raise SystemExit(f"{weights_dir}: no part-*.parquet; give a weights stage's output directory")
+    return shards
+
+
+def train_rows(weights_dir: Path, columns: list[str]) -> Iterator[dict[str, Any]]:
+    """The train split's rows of a weights stage output (what the fine-tune weighs), shard by shard."""
+    import pyarrow.parquet as pq  # only the benchmarks that read shards need pyarrow
+
+    for shard in weight_shards(weights_dir):
+        for row in pq.read_table(shard, columns=["split", *columns]).to_pylist():
+            if row["split"] == "train":
+                yield row
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:

@@ -16,29 +16,22 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from benchmarks.harness import print_table
+from benchmarks.harness import print_table, train_rows
 from tokenweight.preflight import PreflightTally
 
-COLUMNS = ["split", "loss_base", "loss_disc", "token_class"]
+COLUMNS = ["loss_base", "loss_disc", "token_class"]
 
 
 def tau_table(weights_dir: Path, taus: list[float]) -> list[dict]:
     """One row per tau: RFT's reasoning weight over the train samples at the base model's losses."""
-    shards = sorted(weights_dir.glob("part-*.parquet"))
-    if not shards:
-        raise SystemExit(f"{weights_dir}: no part-*.parquet; give a weights stage's output directory")
     tallies = [PreflightTally(tau) for tau in taus]
-    for shard in shards:
-        for row in pq.read_table(shard, columns=COLUMNS).to_pylist():
-            if row["split"] != "train":  # what the fine-tune weighs, as in the weights stage
-                continue
-            classes = np.asarray(row["token_class"], dtype=np.int8)
-            loss_base = np.asarray(row["loss_base"], dtype=np.float32)
-            loss_disc = np.asarray(row["loss_disc"], dtype=np.float32)
-            for tally in tallies:
-                tally.add(classes, loss_base, loss_disc)
+    for row in train_rows(weights_dir, COLUMNS):  # what the fine-tune weighs, as in the weights stage
+        classes = np.asarray(row["token_class"], dtype=np.int8)
+        loss_base = np.asarray(row["loss_base"], dtype=np.float32)
+        loss_disc = np.asarray(row["loss_disc"], dtype=np.float32)
+        for tally in tallies:
+            tally.add(classes, loss_base, loss_disc)
     rows = []
     for tau, tally in zip(taus, tallies, strict=True):
         balance = next(c for c in tally.checks() if c.name == "class_balance")

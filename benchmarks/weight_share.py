@@ -18,37 +18,32 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.harness import print_table
+from benchmarks.harness import print_table, train_rows, weight_shards
 
-COLUMNS = ["split", "token_class", "weight"]
-BOILERPLATE, REASONING = 0, 1
+COLUMNS = ["token_class", "weight"]
+BOILERPLATE, REASONING = 0, 1  # token_class as the weights stage writes it (-1: not a target token)
 
 
 def weight_share(weights_dir: Path) -> dict:
     """The method's weight split by class over the train samples of one weights stage output."""
-    shards = sorted(weights_dir.glob("part-*.parquet"))
-    if not shards:
-        raise SystemExit(f"{weights_dir}: no part-*.parquet; give a weights stage's output directory")
-    method = (pq.read_schema(shards[0]).metadata or {}).get(b"tokenweight.method", b"?").decode()
+    method = (pq.read_schema(weight_shards(weights_dir)[0]).metadata or {}).get(b"tokenweight.method", b"?").decode()
     on_reasoning, samples = [], 0
     kept = {BOILERPLATE: 0, REASONING: 0}
     total = {BOILERPLATE: 0, REASONING: 0}
-    for shard in shards:
-        for row in pq.read_table(shard, columns=COLUMNS).to_pylist():
-            if row["split"] != "train":
-                continue
-            classes = np.asarray(row["token_class"], dtype=np.int8)
-            weight = np.asarray(row["weight"], dtype=np.float64)
-            target = classes >= 0
-            if not target.any():
-                continue
-            for cls in (BOILERPLATE, REASONING):
-                mask = classes == cls
-                total[cls] += int(mask.sum())
-                kept[cls] += int((weight[mask] > 0).sum())
-            samples += 1
-            if weight[target].sum() > 0:  # a sample the method gives no weight adds no split
-                on_reasoning.append(float(weight[classes == REASONING].sum() / weight[target].sum()))
+    for row in train_rows(weights_dir, COLUMNS):
+        classes = np.asarray(row["token_class"], dtype=np.int8)
+        weight = np.asarray(row["weight"], dtype=np.float64)
+        target = classes >= 0
+        if not target.any():
+            continue
+        samples += 1
+        for cls in (BOILERPLATE, REASONING):
+            mask = classes == cls
+            total[cls] += int(mask.sum())
+            kept[cls] += int((weight[mask] > 0).sum())
+        target_weight = weight[target].sum()
+        if target_weight > 0:  # a sample the method gives no weight adds no split
+            on_reasoning.append(float(weight[classes == REASONING].sum() / target_weight))
     return {"method": method, "samples": samples,
             "reasoning_weight": round(float(np.mean(on_reasoning)), 3) if on_reasoning else float("nan"),
             "sft_reasoning_share": round(total[REASONING] / max(total[BOILERPLATE] + total[REASONING], 1), 3),

@@ -153,7 +153,6 @@ def test_configs_are_frozen():
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    # the configs the README runs: a typo in one (an arm's key, a method name) fails here, not an hour in
-    cfg = load_config(path)
-    assert isinstance(cfg, PipelineConfig)
-    assert len({arm.name for arm in cfg.compare.arms}) == len(cfg.compare.arms)
+    # the configs the README runs: a typo in one (an arm's key, a method name, two arms with one
+    # name: the config's own checks) fails here, not an hour into a run
+    assert isinstance(load_config(path), PipelineConfig)
