@@ -135,6 +135,10 @@ def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harne
         line = next((l for l in out.splitlines() if l.strip().startswith(stage + " ")), None)
         assert line is not None, f"{stage} missing from report:\n{out}"
         assert " ran " in line and f"{store}/{stage}/" in line
+        # where the run's time went: each stage that ran with its manifest's seconds
+        took = (store / stage).glob("*/_manifest.json")
+        seconds = json.loads(next(took).read_text())["seconds"]
+        assert re.search(rf" ran +{seconds:.1f}s  ", line), line
     assert "samples:" in out and "weight shards:" in out and "against known roles" in out
     assert "eval [rft]: accuracy n/a on 0 checked samples; held-out loss boilerplate" in out
     # The tiny model's classes are all boilerplate here; a class with no token is left out.
@@ -145,7 +149,7 @@ def test_real_run_then_everything_cached(tmp_path, tiny_model_dir, prefect_harne
     out = prefect_capfd.readouterr().out
     for stage in STAGES:
         line = next(l for l in out.splitlines() if l.strip().startswith(stage + " "))
-        assert " cached " in line
+        assert " cached " in line and not re.search(r"[0-9]s  ", line), line
     assert "nothing to do: every stage came from the cache" in out and "(0 ran, 7 cached)" in out
 
 

@@ -70,7 +70,7 @@ def print_report(records: dict[str, StageRecord], seconds: float, store: Store) 
     ran = sum(not r.cached for r in records.values())
     print(f"\ntokenweight: {len(records)} stages in {seconds:.1f}s ({ran} ran, {len(records) - ran} cached)")
     for stage, rec in records.items():
-        print(f"  {stage:<14} {'cached' if rec.cached else 'ran':<7} {shown(store, rec)}")
+        print(f"  {stage:<14} {'cached' if rec.cached else 'ran':<7} {_took(store, rec):>8}  {shown(store, rec)}")
     if all(r.cached for r in records.values()):
         print("  nothing to do: every stage came from the cache")
     if "weights" in records:
@@ -78,6 +78,15 @@ def print_report(records: dict[str, StageRecord], seconds: float, store: Store) 
     if "eval" in records:
         weights_dir = store.local_dir("weights", records["weights"].key) if "weights" in records else None
         print_eval(store.local_dir("eval", records["eval"].key), weights_dir)
+
+
+def _took(store: Store, record: StageRecord) -> str:
+    """How long a stage that ran in this run took (its manifest's seconds), so the report says where
+    the time went; blank for a cached one, whose time was spent by an earlier run."""
+    if record.cached:
+        return ""
+    seconds = (store.manifest(record.stage, record.key) or {}).get("seconds")
+    return f"{seconds:.1f}s" if isinstance(seconds, (int, float)) else ""
 
 
 def shown(store: Store, record: StageRecord) -> str:
