@@ -178,7 +178,9 @@ def pipeline_config(model_dir: str, store, source: dict | None = None, **section
         "discriminator": {"epochs": 1, "batch_tokens": 512, "train_layers": 2, "learning_rate": 1e-3},
         "score": {"batch_tokens": 1024, "chunk_rows": 64},
         "critical": {"max_new_tokens": 8, "batch_size": 16},
-        "weights": {"method": "rft", "margin": 0.0, "tau": 3.0},
+        # The plain rule, LD > margin: the tiny random models' LD is hundredths of a nat, and their
+        # probabilities differ by less than the default min gap, which would leave no reasoning token.
+        "weights": {"method": "rft", "margin": 0.0, "min_gap": 0.0, "tau": 3.0},
         "finetune": {"max_steps": 2, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-3},
         "eval": {"max_new_tokens": 8, "batch_size": 8, "loss_batch_tokens": 1024},
     }

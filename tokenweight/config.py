@@ -227,12 +227,13 @@ class DiscriminatorConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_tokens: int = Field(512, ge=16, description="Padded tokens per optimizer step.")
     train_layers: int | None = Field(
-        6,
+        None,
         ge=1,
         description="Train only the top N transformer blocks (and the final norm); null trains all. "
-        "Bottom blocks then stay the base model's, which makes CPU runs several times cheaper. The whole model "
-        "gave better classes on the role suite's prose (F1 0.851 -> 0.897 at the defaults) for about 9x the "
-        "discriminator's CPU time (results/roles-suite/README.md).",
+        "Bottom blocks then stay the base model's, and scoring shares them between the models, which makes CPU "
+        "runs about 2.5x cheaper. The whole model gives better classes on the role suite: leave-one-format-out "
+        "F1 0.870 -> 0.924 on average over six formats, every held-out format up "
+        "(results/roles-suite/README.md); the demo and the BFCL configs keep 6 for time.",
     )
     seed: int = Field(0, description="Seed of batch order and initialisation of randomness.")
 
@@ -270,20 +271,22 @@ class WeightsConfig(_MethodSection):
     prefix_tokens: int = Field(8, ge=1, description="`prefix`: the leading target tokens of each assistant turn "
                                "that get weight. Part of the key only for prefix.")
     margin: float | Literal["auto"] = Field(
-        1.0,
-        description="Reasoning where LD = loss_disc - loss_ref > margin (nats); 1.0 was chosen on the role "
-        "suite by leave-one-format-out. `auto`: calibrated from the run's own LD, the 95% point of -LD over "
+        0.5,
+        description="Reasoning where LD = loss_disc - loss_ref > margin (nats); 0.5 (with min_gap 0.3) was "
+        "chosen on the role suite by leave-one-format-out, with the whole model as discriminator; with the top "
+        "6 blocks, 1.0 and no gap was best. `auto`: calibrated from the run's own LD, the 95% point of -LD over "
         "train target tokens with LD < 0 (the two models' noise, mirrored), for the control reference; best on "
         "some formats, far too high on BFCL's answers.",
     )
     min_gap: float = Field(
-        0.0, ge=0, lt=1,
+        0.3, ge=0, lt=1,
         description="With min_gap > 0, reasoning also needs p_ref - p_disc > min_gap at a token of the group (the "
         "two models' probabilities of the token): the input decides the token, likely with it and unlikely "
         "without. LD alone also rises where the input only shifts probability between options both models find "
-        "somewhat hard (which of two answer templates). On the role suite, at margin 1.0, 0.3 lifts the sentence "
-        "formats (prose +0.033, multi-turn +0.015) and costs the call formats as much (bfcl -0.018, hermes -0.017, "
-        "python -0.015, react -0.007: the control is not sure of every value), so it is off by default.",
+        "somewhat hard (which of two answer templates). With the whole model, margin 0.5 and gap 0.3 have the "
+        "best mean F1 over the role suite's six formats (0.932; no gap: 0.929) and leave-one-format-out chooses "
+        "a gap of 0.3 for every held-out format; with the top 6 blocks it costs the call formats 0.015-0.018, "
+        "and the configs that keep 6 blocks set it to 0.",
     )
     granularity: Literal["value", "word", "token"] = Field(
         "value",
