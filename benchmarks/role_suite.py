@@ -8,7 +8,7 @@ all of them (tokenweight/role_report.py). `bfcl` is BFCL's own answers (simple_p
 live_simple) with roles read from each call's syntax tree. Every stage is cached in the store, so
 a second run only prints; `--set` changes the recipe for every format (and so its keys).
 
-    python -m benchmarks.role_suite                                  # all six formats, 120 samples each (103 min)
+    python -m benchmarks.role_suite                                  # all six formats, 120 samples each (105 min)
     python -m benchmarks.role_suite --formats hermes python --out results/roles-suite/suite.md
     python -m benchmarks.role_suite --set discriminator.epochs=6     # another recipe, same data
     python -m benchmarks.role_suite --set discriminator.train_layers=6   # the top 6 blocks only (42 min)

@@ -233,7 +233,7 @@ class DiscriminatorConfig(_Strict):
         "Bottom blocks then stay the base model's, and scoring shares them between the models, which makes CPU "
         "runs about 2.5x cheaper. The whole model gives better classes on the role suite: leave-one-format-out "
         "F1 0.870 -> 0.924 on average over six formats, every held-out format up "
-        "(results/roles-suite/README.md); the demo and the BFCL configs keep 6 for time.",
+        "(results/roles-suite/README.md); the other configs in configs/ keep 6 for time.",
     )
     seed: int = Field(0, description="Seed of batch order and initialisation of randomness.")
 
