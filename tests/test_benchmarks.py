@@ -140,3 +140,28 @@ def test_weight_share_splits_the_weight_column_by_class_over_train_samples(tmp_p
     assert share["reasoning_weight"] == pytest.approx((0.25 + 0.0) / 2, abs=1e-3)
     assert share["sft_reasoning_share"] == pytest.approx(3 / 6, abs=1e-3)
     assert share["boilerplate_kept"] == pytest.approx(1.0) and share["reasoning_kept"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_ld_ensemble_averages_each_models_losses_and_keeps_the_samples():
+    from benchmarks.ld_ensemble import auto_margins, averaged_samples
+
+    def sample(sid, disc, control, split="train"):
+        return ({"id": sid, "split": split, "loss_mask": [0, 1, 1]},
+                {"id": sid, "loss_base": [0.0, 1.0, 1.0], "loss_disc": disc, "loss_control": control})
+
+    run_a = [sample("a", [0.0, 2.0, 0.0], [0.0, 1.0, 0.5]), sample("b", [0.0, 1.0, 1.0], [0.0, 0.0, 0.0], "eval")]
+    run_b = [sample("a", [0.0, 4.0, 1.0], [0.0, 0.0, 0.5]), sample("b", [0.0, 3.0, 1.0], [0.0, 2.0, 0.0], "eval")]
+    got = averaged_samples([run_a, run_b])
+    assert [p["id"] for p, _ in got] == ["a", "b"]
+    assert got[0][1]["loss_disc"] == pytest.approx([0.0, 3.0, 0.5])
+    assert got[0][1]["loss_control"] == pytest.approx([0.0, 0.5, 0.5])
+    assert got[1][1]["loss_disc"] == pytest.approx([0.0, 2.0, 1.0]) and got[0][1]["loss_base"] == [0.0, 1.0, 1.0]
+    # `margin: auto` over the train sample's averaged LD: against the control 2.5 and 0.0 (no negative
+    # LD, so 0), against the base 2.0 and -0.5 (the one negative LD, mirrored); the eval sample is out
+    assert auto_margins(got) == {"control": 0.0, "base": 0.5}
+    # runs over other samples, or in another order, are refused
+    with pytest.raises(ValueError, match="same samples"):
+        averaged_samples([run_a, run_b[::-1]])
+    # a base-reference run has no control: the average has none either
+    no_control = [(p, {**s, "loss_control": None}) for p, s in run_a]
+    assert averaged_samples([no_control, no_control])[0][1]["loss_control"] is None

@@ -407,6 +407,23 @@ def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
     assert "no sample with known token roles" in capsys.readouterr().err
 
 
+def test_ld_ensemble_of_a_run_with_itself_is_the_run(synthetic_run, jsonl_run):
+    from benchmarks.ld_ensemble import ensemble_roles
+    from tokenweight.role_report import run_roles
+
+    cfg, _, records, _ = synthetic_run
+    weights_dir = Path(records["weights"].uri)
+    margins, gaps = [cfg.weights.margin, 1.5], [0.0, cfg.weights.min_gap]
+    singles, ensemble = ensemble_roles([weights_dir, weights_dir], margins, gaps)
+    alone = run_roles(weights_dir, margins, gaps)
+    assert ensemble.confusion == alone.confusion == singles[0].confusion
+    assert sum(ensemble.confusion[("control", "value", cfg.weights.margin, cfg.weights.min_gap)].values()) > 0
+    assert ensemble.auto_margin == pytest.approx(alone.auto_margin, abs=1e-4)
+    # runs of other data are refused before anything is averaged
+    with pytest.raises(ValueError, match="different prepared data"):
+        ensemble_roles([weights_dir, Path(jsonl_run[1]["weights"].uri)], margins, gaps)
+
+
 def _artifacts(key: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

@@ -50,6 +50,16 @@ class RunRoles:
 
 def run_roles(weights_dir: Path, margins: list[float], gaps: list[float] = (0.0,)) -> RunRoles:
     """Read one run and tally, for every setting, (true role, class) pairs of its scored tokens."""
+    prep_dir, score_dir, context, seconds = run_dirs(weights_dir)
+    samples = role_samples(prep_dir, score_dir)
+    # reference -> the margin `margin: auto` gives in the weights stage (the same function)
+    auto = {ref: calibrate(prep_dir, score_dir, ref) for ref in REFERENCES if ref in _refs(samples[0][1])}
+    return tally_roles(samples, margins, gaps, context, seconds, auto)
+
+
+def run_dirs(weights_dir: Path) -> tuple[Path, Path, str, float]:
+    """A weights output's prepare and score directories, the discriminator's context and the
+    seconds of its discriminator and score stages."""
     inputs = Manifest.read(weights_dir).inputs
     store = weights_dir.parent.parent
     prep_dir = store / "prepare" / inputs["prepare"]
@@ -59,6 +69,11 @@ def run_roles(weights_dir: Path, margins: list[float], gaps: list[float] = (0.0,
     disc_dir = store / "discriminator" / inputs.get("discriminator", "")
     if inputs.get("discriminator") and (disc_dir / MANIFEST).exists():
         seconds += Manifest.read(disc_dir).seconds
+    return prep_dir, score_dir, scored.config["disc_context"], seconds
+
+
+def role_samples(prep_dir: Path, score_dir: Path) -> list[tuple[dict, dict]]:
+    """(prepared row, score row) of every sample with known roles, in shard order."""
     samples = []
     for (_, prep), (_, score) in zip(iter_shards(prep_dir), iter_shards(score_dir)):
         for p, s in zip(prep.to_pylist(), score.to_pylist()):
@@ -66,12 +81,17 @@ def run_roles(weights_dir: Path, margins: list[float], gaps: list[float] = (0.0,
                 samples.append((p, s))
     if not samples:
         raise ValueError(f"{prep_dir}: no sample with known token roles (use a synthetic, roles or bfcl_roles source)")
-    # reference -> the margin `margin: auto` gives in the weights stage (the same function)
-    auto = {ref: calibrate(prep_dir, score_dir, ref) for ref in REFERENCES if ref in _refs(samples[0][1])}
+    return samples
+
+
+def tally_roles(samples: list[tuple[dict, dict]], margins: list[float], gaps: list[float], context: str,
+                seconds: float, auto: dict[str, float]) -> RunRoles:
+    """The confusions of `samples` ((prepared row, score row) pairs) under every setting; `auto`
+    holds the calibrated margin of each reference that has one."""
     variants: list[Variant] = list(dict.fromkeys(  # a setting asked for twice is counted once
-        (ref, gran, m, g) for ref in REFERENCES for gran in GRANULARITIES for g in gaps for m in [*margins, "auto"]))
-    out = RunRoles(scored.config["disc_context"], seconds, {v: Counter() for v in variants},
-                   auto_margin=auto)
+        (ref, gran, m, g) for ref in REFERENCES for gran in GRANULARITIES for g in gaps
+        for m in [*margins, *(["auto"] if auto else [])]))
+    out = RunRoles(context, seconds, {v: Counter() for v in variants}, auto_margin=auto)
     for p, s in samples:
         fmt = json.loads(p["meta"] or "{}").get("format")
         if fmt is not None and fmt not in out.by_format:
@@ -83,7 +103,7 @@ def run_roles(weights_dir: Path, margins: list[float], gaps: list[float] = (0.0,
         disc, refs = np.asarray(s["loss_disc"], dtype=np.float32), _refs(s)
         sel = truth >= 0
         for ref, gran, m, g in variants:
-            if ref not in refs:
+            if ref not in refs or (m == "auto" and ref not in auto):
                 continue
             margin = auto[ref] if m == "auto" else m
             classes = token_classes(disc, np.asarray(refs[ref], dtype=np.float32), mask, margin, groups[gran], g)
