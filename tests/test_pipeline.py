@@ -407,6 +407,25 @@ def test_roles_table_agrees_with_the_summary(synthetic_run, jsonl_run, capsys):
     assert "no sample with known token roles" in capsys.readouterr().err
 
 
+def test_roles_errors_lists_the_runs_own_misses_and_the_repeats(synthetic_run, capsys):
+    import re
+
+    from tokenweight.cli import main
+
+    _, _, records, _ = synthetic_run
+    weights_dir = records["weights"].uri
+    assert main(["roles", weights_dir, "--errors", "3"]) == 0
+    out = capsys.readouterr().out
+    roles = json.loads((Path(weights_dir) / "summary.json").read_text())["roles"]
+    # The error table reads the run's own classes: its F1 is the weights stage's.
+    assert float(re.search(r"Reasoning F1 ([0-9.]+);", out).group(1)) == pytest.approx(roles["reasoning_f1"], abs=1e-3)
+    repeats = re.search(r"already wrote: (\d+) boilerplate by the roles \((\d+) classed reasoning\), (\d+) reasoning "
+                        r"\((\d+) classed reasoning\); with every repeat classed boilerplate, F1 ([0-9.]+)", out)
+    assert repeats, out
+    b, b_r, r, r_r = map(int, repeats.groups()[:4])
+    assert b_r <= b and r_r <= r and b + r <= roles["tokens"]
+
+
 def test_ld_ensemble_of_a_run_with_itself_is_the_run(synthetic_run, jsonl_run):
     from benchmarks.ld_ensemble import ensemble_roles
     from tokenweight.role_report import run_roles

@@ -19,6 +19,7 @@ source leaves unscored (role -1) count in no table.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .components.class_tally import calibrate, role_scores
-from .components.token_weights import class_groups, token_classes
+from .components.token_weights import class_groups, token_classes, word_groups
 from .shards import iter_shards
 from .stage_outputs import Manifest
 from .store import MANIFEST
@@ -207,16 +208,46 @@ def leave_one_out_table(runs: list[RunRoles]) -> str:
     return "\n".join(lines)
 
 
+def repeated_words(text: str, offsets, targets) -> np.ndarray:
+    """True at each target token whose word (`word_groups`; two characters or more, a letter or digit
+    among them) the target text before it already holds as a whole word: a value the answer repeats
+    from its own earlier text, which a model can copy without the input."""
+    groups = word_groups(text, offsets, np.asarray(targets, dtype=np.int8))
+    out = np.zeros(len(groups), dtype=bool)
+    seen: list[str] = []  # the target text so far, token by token
+    word_start: dict[int, int] = {}  # word -> how many target pieces came before it
+    for t, g in enumerate(groups):
+        if g < 0:
+            continue
+        word_start.setdefault(int(g), len(seen))
+        seen.append(text[offsets[t][0]:offsets[t][1]])
+    for g, first in word_start.items():
+        tokens = np.flatnonzero(groups == g)
+        word = text[offsets[tokens[0]][0]:offsets[tokens[-1]][1]].strip()
+        if len(word) < 2 or not any(ch.isalnum() for ch in word):
+            continue
+        before = "".join(seen[:first])
+        # a whole word: no word character or connector-joined word on either side (`Nairobi.` at a
+        # sentence's end counts, `Nairobi.com` does not)
+        if re.search(rf"(?<!\w)(?<!\w[.@/:-]){re.escape(word)}(?!\w|[.@/:-]\w)", before):
+            out[tokens] = True
+    return out
+
+
 def error_table(weights_dir: Path, top: int = 15) -> str:
     """Where the run's own classes (the weights stage's `token_class`) miss the known roles, token by
     token: the most frequent false positives and false negatives, each with its count, mean LD and
     one example in context, and how many false positives sit right after a reasoning token (where a
     value ends: BFCL's syntax-tree rules leave that token unscored, since whether a value ended
-    there is itself information; the role suite does so only inside calls)."""
+    there is itself information; the role suite does so only inside calls), and what a rule that
+    called every repeat boilerplate would do: the scored tokens whose word the answer already wrote
+    earlier (`repeated_words`; the role suite counts a repeat boilerplate, BFCL's syntax tree counts
+    a repeated literal reasoning), by role and class, and the F1 with them all boilerplate."""
     prep_dir = weights_dir.parent.parent / "prepare" / Manifest.read(weights_dir).inputs["prepare"]
     errors = {"false positives": {}, "false negatives": {}}  # token text -> [count, LD sum, example]
     predicted = after_value = 0
     confusion, unscored_after = Counter(), Counter()  # (truth, class): all scored tokens / without post-value ones
+    repeats, repeats_boilerplate = Counter(), Counter()  # (truth, class) of repeated words / all, with them class 0
     columns = ["text", "offsets", "token_class", "loss_disc", "loss_ref"]
     for (_, weighted), (_, prep) in zip(iter_shards(weights_dir, columns), iter_shards(prep_dir, ["role_truth"])):
         for w, p in zip(weighted.to_pylist(), prep.to_pylist(), strict=True):
@@ -225,11 +256,15 @@ def error_table(weights_dir: Path, top: int = 15) -> str:
                 continue
             ld = np.asarray(w["loss_disc"], np.float32) - np.asarray(w["loss_ref"], np.float32)
             text, offsets = w["text"], w["offsets"]
+            repeated = repeated_words(text, offsets, np.asarray(w["token_class"]) >= 0)
             for t, (c, r) in enumerate(zip(w["token_class"], truth, strict=True)):
                 if r < 0 or c < 0:
                     continue
                 predicted += c == 1
                 confusion[(r, c)] += 1
+                if repeated[t]:
+                    repeats[(r, c)] += 1
+                repeats_boilerplate[(r, 0 if repeated[t] else c)] += 1
                 if not (t > 0 and truth[t - 1] == 1 and r == 0):
                     unscored_after[(r, c)] += 1
                 if c == r:
@@ -247,7 +282,11 @@ def error_table(weights_dir: Path, top: int = 15) -> str:
     lines = [f"False positives: {n_fp} of {predicted} tokens classed reasoning; {after_value} of them "
              f"({after_value / max(1, n_fp):.0%}) right after a reasoning token.",
              f"Reasoning F1 {role_scores(confusion)['reasoning_f1']:.3f}; with the boilerplate token right after a "
-             f"reasoning token left unscored (as BFCL's rules do): {role_scores(unscored_after)['reasoning_f1']:.3f}."]
+             f"reasoning token left unscored (as BFCL's rules do): {role_scores(unscored_after)['reasoning_f1']:.3f}.",
+             f"Tokens of a word the answer already wrote: {repeats[(0, 0)] + repeats[(0, 1)]} boilerplate by the roles "
+             f"({repeats[(0, 1)]} classed reasoning), {repeats[(1, 0)] + repeats[(1, 1)]} reasoning ({repeats[(1, 1)]} "
+             f"classed reasoning); with every repeat classed boilerplate, F1 "
+             f"{role_scores(repeats_boilerplate)['reasoning_f1']:.3f}."]
     for kind, found in errors.items():
         lines += ["", f"| {kind} | count | mean LD | example |", "| --- | --- | --- | --- |"]
         for token, (count, ld_sum, example) in sorted(found.items(), key=lambda kv: -kv[1][0])[:top]:
