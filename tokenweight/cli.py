@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     roles.add_argument("--gaps", type=float, nargs="+", default=[0.0, 0.3],
                        help="min gaps (weights.min_gap) to tabulate with each margin; 0: LD alone")
     roles.add_argument("--errors", type=int, default=0, metavar="N",
-                       help="also list the N most frequent misclassified tokens of each run's own classes")
+                       help="also list the N most frequent misclassified tokens of each run's own classes, "
+                            "and its tokens of words the answer repeats from its own earlier text")
     roles.add_argument("--debug", action="store_true", help="show tracebacks")
     add_serve_parser(sub)
     return parser
