@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import print_table
-from tokenweight.components.class_tally import role_scores
-from tokenweight.components.token_weights import calibrated_margin
-from tokenweight.role_report import RunRoles, role_samples, run_dirs, run_roles, tally_roles
+from tokenweight.components.class_tally import role_scores, train_margin
+from tokenweight.role_report import REFERENCES, RunRoles, read_run, score_refs, tally_roles
 from tokenweight.stage_outputs import Manifest
 
 LOSSES = ("loss_disc", "loss_control")
@@ -51,30 +50,21 @@ def averaged_samples(runs: list[list[tuple[dict, dict]]]) -> list[tuple[dict, di
 
 
 def auto_margins(samples: list[tuple[dict, dict]]) -> dict[str, float]:
-    """`margin: auto` over in-memory samples: `calibrated_margin` of the train target tokens' LD."""
-    out = {}
-    for ref, column in (("control", "loss_control"), ("base", "loss_base")):
-        lds = [np.asarray(s["loss_disc"], np.float32)[np.asarray(p["loss_mask"], bool)]
-               - np.asarray(s[column], np.float32)[np.asarray(p["loss_mask"], bool)]
-               for p, s in samples if p["split"] == "train" and s[column] is not None]
-        if lds:
-            out[ref] = calibrated_margin(np.concatenate(lds))
-    return out
+    """`margin: auto` for each reference the samples were scored against, over their train target
+    tokens (the weights stage's `train_margin`; here over the samples with known roles only)."""
+    return {ref: train_margin(((p["split"], p["loss_mask"], s) for p, s in samples), ref)[0]
+            for ref in REFERENCES if ref in score_refs(samples[0][1])}
 
 
 def ensemble_roles(weights_dirs: list[Path], margins: list[float], gaps: list[float]) -> tuple[list[RunRoles], RunRoles]:
-    """Each run's tallies and the tallies of the losses averaged over the runs."""
+    """Each run's tallies and the tallies of the losses averaged over the runs (each run read once)."""
     prepared = {Manifest.read(d).inputs["prepare"] for d in weights_dirs}
     if len(prepared) != 1:
         raise ValueError(f"the runs come from different prepared data ({sorted(prepared)}): average runs of one data set")
-    singles, members, seconds = [], [], 0.0
-    for d in weights_dirs:
-        prep_dir, score_dir, context, run_seconds = run_dirs(d)
-        members.append(role_samples(prep_dir, score_dir))
-        singles.append(run_roles(d, margins, gaps))
-        seconds += run_seconds
-    samples = averaged_samples(members)
-    return singles, tally_roles(samples, margins, gaps, context, seconds, auto_margins(samples))
+    members, singles = zip(*(read_run(d, margins, gaps) for d in weights_dirs), strict=True)
+    samples = averaged_samples(list(members))
+    return list(singles), tally_roles(samples, margins, gaps, singles[0].context,
+                                      sum(r.seconds for r in singles), auto_margins(samples))
 
 
 def main() -> None:

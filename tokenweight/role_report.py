@@ -51,11 +51,16 @@ class RunRoles:
 
 def run_roles(weights_dir: Path, margins: list[float], gaps: list[float] = (0.0,)) -> RunRoles:
     """Read one run and tally, for every setting, (true role, class) pairs of its scored tokens."""
+    return read_run(weights_dir, margins, gaps)[1]
+
+
+def read_run(weights_dir: Path, margins: list[float], gaps: list[float]) -> tuple[list[tuple[dict, dict]], RunRoles]:
+    """`run_roles`, with the (prepared row, score row) pairs it read."""
     prep_dir, score_dir, context, seconds = run_dirs(weights_dir)
     samples = role_samples(prep_dir, score_dir)
     # reference -> the margin `margin: auto` gives in the weights stage (the same function)
-    auto = {ref: calibrate(prep_dir, score_dir, ref) for ref in REFERENCES if ref in _refs(samples[0][1])}
-    return tally_roles(samples, margins, gaps, context, seconds, auto)
+    auto = {ref: calibrate(prep_dir, score_dir, ref) for ref in REFERENCES if ref in score_refs(samples[0][1])}
+    return samples, tally_roles(samples, margins, gaps, context, seconds, auto)
 
 
 def run_dirs(weights_dir: Path) -> tuple[Path, Path, str, float]:
@@ -101,7 +106,7 @@ def tally_roles(samples: list[tuple[dict, dict]], margins: list[float], gaps: li
         if fmt is not None:
             out.truth_by_format[fmt].update(truth[truth >= 0].tolist())
         groups = {gran: class_groups(p["text"], p["offsets"], mask, gran) for gran in GRANULARITIES}
-        disc, refs = np.asarray(s["loss_disc"], dtype=np.float32), _refs(s)
+        disc, refs = np.asarray(s["loss_disc"], dtype=np.float32), score_refs(s)
         sel = truth >= 0
         for ref, gran, m, g in variants:
             if ref not in refs or (m == "auto" and ref not in auto):
@@ -115,7 +120,7 @@ def tally_roles(samples: list[tuple[dict, dict]], margins: list[float], gaps: li
     return out
 
 
-def _refs(score_row: dict) -> dict:
+def score_refs(score_row: dict) -> dict:
     """The reference losses a score row has: the base model's, and the control's where it was scored."""
     refs = {"base": score_row["loss_base"]}
     if score_row["loss_control"] is not None:
@@ -214,22 +219,23 @@ def repeated_words(text: str, offsets, targets) -> np.ndarray:
     from its own earlier text, which a model can copy without the input."""
     groups = word_groups(text, offsets, np.asarray(targets, dtype=np.int8))
     out = np.zeros(len(groups), dtype=bool)
-    seen: list[str] = []  # the target text so far, token by token
-    word_start: dict[int, int] = {}  # word -> how many target pieces came before it
+    pieces: list[str] = []  # the target text, token by token
+    words: dict[int, tuple[int, list[int]]] = {}  # word -> (target characters before it, its tokens)
+    written = 0
     for t, g in enumerate(groups):
         if g < 0:
             continue
-        word_start.setdefault(int(g), len(seen))
-        seen.append(text[offsets[t][0]:offsets[t][1]])
-    for g, first in word_start.items():
-        tokens = np.flatnonzero(groups == g)
+        words.setdefault(int(g), (written, []))[1].append(t)
+        pieces.append(text[offsets[t][0]:offsets[t][1]])
+        written += len(pieces[-1])
+    target_text = "".join(pieces)
+    for before, tokens in words.values():
         word = text[offsets[tokens[0]][0]:offsets[tokens[-1]][1]].strip()
         if len(word) < 2 or not any(ch.isalnum() for ch in word):
             continue
-        before = "".join(seen[:first])
         # a whole word: no word character or connector-joined word on either side (`Nairobi.` at a
         # sentence's end counts, `Nairobi.com` does not)
-        if re.search(rf"(?<!\w)(?<!\w[.@/:-]){re.escape(word)}(?!\w|[.@/:-]\w)", before):
+        if re.search(rf"(?<!\w)(?<!\w[.@/:-]){re.escape(word)}(?!\w|[.@/:-]\w)", target_text[:before]):
             out[tokens] = True
     return out
 

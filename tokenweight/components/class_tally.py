@@ -72,15 +72,24 @@ def role_scores(confusion: Counter) -> dict[str, float]:
 def calibrate(prep_dir: Path, score_dir: Path, reference: str) -> float:
     """`margin: auto`: `calibrated_margin` over the LD of every train target token (one extra
     read of the score shards and the prepared masks)."""
-    lds = []
-    for (_, prep), (_, score) in zip(iter_shards(prep_dir, ["split", "loss_mask"]), iter_shards(score_dir)):
-        for split, mask, s in zip(prep.column("split").to_pylist(), prep.column("loss_mask").to_pylist(),
-                                  score.to_pylist(), strict=True):
-            if split != "train":
-                continue
-            sel = np.asarray(mask, dtype=bool)
-            ref = s["loss_control"] if reference == "control" else s["loss_base"]
-            lds.append(np.asarray(s["loss_disc"], dtype=np.float32)[sel] - np.asarray(ref, dtype=np.float32)[sel])
-    margin = calibrated_margin(np.concatenate(lds)) if lds else 0.0
-    logger().info("weights: margin auto -> %.4f nats (from %d train samples)", margin, len(lds))
+    def rows():
+        for (_, prep), (_, score) in zip(iter_shards(prep_dir, ["split", "loss_mask"]), iter_shards(score_dir)):
+            yield from zip(prep.column("split").to_pylist(), prep.column("loss_mask").to_pylist(),
+                           score.to_pylist(), strict=True)
+
+    margin, samples = train_margin(rows(), reference)
+    logger().info("weights: margin auto -> %.4f nats (from %d train samples)", margin, samples)
     return margin
+
+
+def train_margin(rows, reference: str) -> tuple[float, int]:
+    """(`calibrated_margin` over the LD of the train target tokens, train samples read) of `rows`,
+    (split, loss_mask, score row) triples; LD against the control or the base model's loss."""
+    lds = []
+    for split, mask, s in rows:
+        if split != "train":
+            continue
+        sel = np.asarray(mask, dtype=bool)
+        ref = s["loss_control"] if reference == "control" else s["loss_base"]
+        lds.append(np.asarray(s["loss_disc"], dtype=np.float32)[sel] - np.asarray(ref, dtype=np.float32)[sel])
+    return (calibrated_margin(np.concatenate(lds)) if lds else 0.0), len(lds)
